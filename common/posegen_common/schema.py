@@ -1,0 +1,113 @@
+"""The data contract shared by the operator and the worker: tables, statuses and Redis keys.
+
+The seed's SQL runs verbatim against these tables (``pose_generation`` with ``id, status,
+poses_completed, total_expected_poses, started_at``; ``generated_pose`` with ``generation_id,
+pose_library_id``), and its duplicate query returns no rows by construction: unique keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class GenerationStatus(StrEnum):
+    """``pose_generation.status``; lower case as in the seed's "stuck in processing"."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset({GenerationStatus.COMPLETED, GenerationStatus.FAILED, GenerationStatus.CANCELLED})
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PoseGenerationRow(Base):
+    __tablename__ = "pose_generation"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(253))
+    name: Mapped[str] = mapped_column(String(253))
+    project_id: Mapped[str] = mapped_column(String(128))
+    generation_type: Mapped[str] = mapped_column(String(32))
+    text_prompt: Mapped[str | None] = mapped_column(Text)
+    pose_library_ids: Mapped[list[str] | None] = mapped_column(JSONB)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=GenerationStatus.QUEUED)
+    poses_completed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    total_expected_poses: Mapped[int] = mapped_column(Integer)
+    # Fencing token: bumped before every new worker starts; a worker writes only while it matches.
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Recovery history lives with the checkpoint, so it survives the loss of any resource status.
+    recoveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_recovery_reason: Mapped[str | None] = mapped_column(String(32))
+    last_recovery_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_pose_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    __table_args__ = (
+        # The sweep reads only generations in play: keep that read small at millions of rows.
+        Index(
+            "ix_pose_generation_active", "status", postgresql_where=text("status IN ('queued', 'processing')")
+        ),
+        Index("ix_pose_generation_namespace_name", "namespace", "name"),
+    )
+
+
+class GeneratedPoseRow(Base):
+    __tablename__ = "generated_pose"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    generation_id: Mapped[str] = mapped_column(ForeignKey("pose_generation.id", ondelete="CASCADE"))
+    pose_index: Mapped[int] = mapped_column(Integer)
+    pose_library_id: Mapped[str] = mapped_column(String(160))
+    attempt: Mapped[int] = mapped_column(Integer)
+    image_path: Mapped[str] = mapped_column(Text)
+    keypoints: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    base_pose: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("generation_id", "pose_library_id", name="uq_generated_pose_library_id"),
+        UniqueConstraint("generation_id", "pose_index", name="uq_generated_pose_index"),
+    )
+
+
+def pose_key(reference_id: str | None, index: int) -> str:
+    """``generated_pose.pose_library_id`` of the index-th pose: one per pose, stable across attempts."""
+    return f"{reference_id or 'text'}:{index:04d}"
+
+
+def reference_for(pose_library_ids: list[str] | None, index: int) -> str | None:
+    """Gallery generations cycle through their reference poses."""
+    if not pose_library_ids:
+        return None
+    return pose_library_ids[index % len(pose_library_ids)]

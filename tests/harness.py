@@ -1,0 +1,110 @@
+"""Test harness: the same local stack `make up` runs, in a temporary state dir, plus helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kubernetes
+
+from posegen_devstack.stack import Stack
+
+T = TypeVar("T")
+
+
+@dataclass
+class Cluster:
+    """A running local stack and clients for it."""
+
+    stack: Stack
+    api: kubernetes.client.ApiClient
+
+    @property
+    def core(self) -> kubernetes.client.CoreV1Api:
+        return kubernetes.client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> kubernetes.client.CustomObjectsApi:
+        return kubernetes.client.CustomObjectsApi(self.api)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.stack.environment()}
+
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["kubectl", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}{result.stdout}")
+        return result
+
+    def node_file(self, namespace: str, pod: str, suffix: str) -> Path:
+        return self.stack.state_dir / "node" / namespace / f"{pod}.{suffix}"
+
+    def pod_pid(self, namespace: str, pod: str, timeout: float = 30) -> int:
+        pid_file = self.node_file(namespace, pod, "pid")
+        return eventually(
+            lambda: int(pid_file.read_text().split()[0]),
+            timeout=timeout,
+            what=f"pid file of {namespace}/{pod}",
+        )
+
+
+def eventually(
+    probe: Callable[[], T | None], *, timeout: float = 30, interval: float = 0.1, what: str = "condition"
+) -> T:
+    """Poll until ``probe`` returns something truthy (exceptions count as 'not yet')."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except Exception as error:
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}"
+        + (f" (last error: {last_error!r})" if last_error else "")
+    )
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def pod_manifest(
+    name: str,
+    command: list[str],
+    *,
+    restart_policy: str = "Never",
+    grace: int | None = None,
+    owner: dict[str, Any] | None = None,
+    env: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "restartPolicy": restart_policy,
+        "containers": [{"name": "main", "image": "local", "command": command, "env": env or []}],
+    }
+    if grace is not None:
+        spec["terminationGracePeriodSeconds"] = grace
+    metadata: dict[str, Any] = {"name": name}
+    if owner:
+        metadata["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
