@@ -80,8 +80,7 @@ def eventually(
             last_error = error
         time.sleep(interval)
     raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}"
-        + (f" (last error: {last_error!r})" if last_error else "")
+        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else "")
     )
 
 

@@ -13,11 +13,19 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK_ID = 0x706F736567656E  # "posegen"
 
 
+def sqlalchemy_url(url: str) -> str:
+    """DATABASE_URL stays what psql takes; SQLAlchemy is told to use psycopg2."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg2://" + url[len(scheme) :]
+    return url
+
+
 def create_db_engine(
     url: str, *, application_name: str, pool_size: int = 5, statement_timeout_ms: int = 15000
 ) -> Engine:
     return create_engine(
-        url,
+        sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
@@ -38,15 +46,13 @@ def create_db_engine(
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
     return config
 
 
 def migrate(url: str) -> None:
     """Bring the schema to head; safe to run from several processes at once."""
-    engine = create_db_engine(
-        url, application_name="posegen-migrate", pool_size=1, statement_timeout_ms=120000
-    )
+    engine = create_db_engine(url, application_name="posegen-migrate", pool_size=1, statement_timeout_ms=120000)
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})

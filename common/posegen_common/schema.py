@@ -62,6 +62,8 @@ class PoseGenerationRow(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Recovery history lives with the checkpoint, so it survives the loss of any resource status.
     recoveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Why the current attempt started: a recovery reason, or NULL for a first start or a resume.
+    attempt_reason: Mapped[str | None] = mapped_column(String(32))
     last_recovery_reason: Mapped[str | None] = mapped_column(String(32))
     last_recovery_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -75,9 +77,7 @@ class PoseGenerationRow(Base):
 
     __table_args__ = (
         # The sweep reads only generations in play: keep that read small at millions of rows.
-        Index(
-            "ix_pose_generation_active", "status", postgresql_where=text("status IN ('queued', 'processing')")
-        ),
+        Index("ix_pose_generation_active", "status", postgresql_where=text("status IN ('queued', 'processing')")),
         Index("ix_pose_generation_namespace_name", "namespace", "name"),
     )
 

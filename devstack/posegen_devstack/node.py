@@ -325,12 +325,9 @@ class NodeRunner:
         if not state_file.exists():
             return None
         record = json.loads(state_file.read_text())
-        local = LocalPod(
-            meta["uid"], meta["namespace"], meta["name"], record_dir, start_time=record["start_time"]
-        )
+        local = LocalPod(meta["uid"], meta["namespace"], meta["name"], record_dir, start_time=record["start_time"])
         local.containers = [
-            ContainerRun(prefix=record_dir / c["name"], waiting_reason=None, **c)
-            for c in record["containers"]
+            ContainerRun(prefix=record_dir / c["name"], waiting_reason=None, **c) for c in record["containers"]
         ]
         log.info("adopted pod %s/%s from an earlier runner", local.namespace, local.name)
         self.local[local.uid] = local
@@ -359,9 +356,7 @@ class NodeRunner:
         record_dir = self.record_dir(pod)
         record_dir.mkdir(parents=True, exist_ok=True)
         local = LocalPod(meta["uid"], meta["namespace"], meta["name"], record_dir)
-        local.containers = [
-            ContainerRun(c["name"], record_dir / c["name"]) for c in pod["spec"]["containers"]
-        ]
+        local.containers = [ContainerRun(c["name"], record_dir / c["name"]) for c in pod["spec"]["containers"]]
         local.save()
         self.local[local.uid] = local
         return local
@@ -373,9 +368,7 @@ class NodeRunner:
         for run, container in zip(local.containers, pod["spec"]["containers"], strict=True):
             if run.poll():
                 changed = True
-                log.info(
-                    "pod %s/%s container %s exited %s", local.namespace, local.name, run.name, run.exit_code
-                )
+                log.info("pod %s/%s container %s exited %s", local.namespace, local.name, run.name, run.exit_code)
             restart = policy == "Always" or (policy == "OnFailure" and run.exit_code not in (0, None))
             if run.exit_code is not None and restart:
                 run.last_terminated = self.terminated_state(run)
@@ -393,9 +386,7 @@ class NodeRunner:
             local.save()
             self.write_pid_file(local)
 
-    def start_container(
-        self, pod: Pod, container: dict[str, Any], local: LocalPod, run: ContainerRun
-    ) -> None:
+    def start_container(self, pod: Pod, container: dict[str, Any], local: LocalPod, run: ContainerRun) -> None:
         env = self.container_env(pod, container, local)
         argv = [expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])]
         if not container.get("command"):
@@ -506,9 +497,7 @@ class NodeRunner:
             phase = "Succeeded" if all(code == 0 for code in done) else "Failed"
         elif all_done and policy == "OnFailure" and all(code == 0 for code in done):
             phase = "Succeeded"
-        elif any(run.started_at for run in local.containers) or any(
-            run.restart_count for run in local.containers
-        ):
+        elif any(run.started_at for run in local.containers) or any(run.restart_count for run in local.containers):
             phase = "Running"
         else:
             phase = "Pending"
@@ -620,9 +609,7 @@ class NodeRunner:
             if kind == "secret":
                 secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
                 return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-            configmap = self.core.read_namespaced_config_map(
-                name, namespace, _request_timeout=REQUEST_TIMEOUT
-            )
+            configmap = self.core.read_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT)
             return dict(configmap.data or {})
         except ApiException as error:
             if error.status == 404:

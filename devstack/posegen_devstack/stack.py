@@ -51,6 +51,7 @@ CONTROLLERS = (
 # Stop order: dependents first.
 COMPONENTS = (
     "operator",
+    "operator-b",
     "node",
     "prometheus",
     "redis",
@@ -153,9 +154,7 @@ class Stack:
             "POSEGEN_API_URL": self.api_url,
             "POSEGEN_ADMIN_TOKEN": self.config.admin_token,
             "POSEGEN_OUTPUT_DIR": str(self.output_dir),
-            "PATH": os.pathsep.join(
-                [self.config.bin_dir, venv_bin, _prometheus_bin_dir(), os.environ.get("PATH", "")]
-            ),
+            "PATH": os.pathsep.join([self.config.bin_dir, venv_bin, _prometheus_bin_dir(), os.environ.get("PATH", "")]),
         }
 
     # ---- up / down / status --------------------------------------------------------------------
@@ -173,7 +172,9 @@ class Stack:
         self._start_redis()
         self._start_prometheus()
         self._start_node()
+        self.apply_crds()
         self._write_env()
+        self.start_operator()
 
     def down(self) -> list[str]:
         stopped = []
@@ -257,9 +258,7 @@ class Stack:
                 "--log-level=warn",
             ],
         )
-        wait_until(
-            lambda: b'"true"' in _http_get(f"{client}/health"), timeout=60, what="etcd", log=self.log("etcd")
-        )
+        wait_until(lambda: b'"true"' in _http_get(f"{client}/health"), timeout=60, what="etcd", log=self.log("etcd"))
 
     def _start_apiserver(self) -> None:
         pki, ports = self.pki, self.config.ports
@@ -357,9 +356,7 @@ class Stack:
             user=user,
         )
         wait_until(lambda: _pg_ready(port), timeout=60, what="postgres", log=self.log("postgres"))
-        conn = psycopg2.connect(
-            host="127.0.0.1", port=port, user=DB_USER, dbname="postgres", connect_timeout=5
-        )
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user=DB_USER, dbname="postgres", connect_timeout=5)
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
@@ -432,9 +429,7 @@ class Stack:
         )
 
     def _start_node(self) -> None:
-        self.start(
-            "node", [sys.executable, "-m", "posegen_devstack", "node", "--state-dir", str(self.state_dir)]
-        )
+        self.start("node", [sys.executable, "-m", "posegen_devstack", "node", "--state-dir", str(self.state_dir)])
         wait_until(self._node_ready, timeout=60, what="node runner", log=self.log("node"))
 
     def _node_ready(self) -> bool:
@@ -454,6 +449,58 @@ class Stack:
             check=False,
         )
         return out.stdout.strip() == "True"
+
+    def apply_crds(self) -> None:
+        crds = REPO_ROOT / "crds"
+        subprocess.run(
+            [self.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", "apply", "-f", str(crds)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        subprocess.run(
+            [
+                self.binary("kubectl"),
+                f"--kubeconfig={self.kubeconfig}",
+                "wait",
+                "--for=condition=Established",
+                "crd/posegenerations.posegen.io",
+                "--timeout=60s",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=70,
+        )
+
+    def operator_environment(self, **overrides: str) -> dict[str, str]:
+        """The operator's settings on the local stack: images go to <state>/outputs on this machine."""
+        ports = self.config.ports
+        env = {
+            "POSEGEN_API_HOST": "127.0.0.1",
+            "POSEGEN_API_PORT": str(ports.operator_api),
+            "POSEGEN_METRICS_PORT": str(ports.operator_metrics),
+            "POSEGEN_PROBE_PORT": str(ports.operator_probe),
+            "POSEGEN_OUTPUT_HOST_PATH": str(self.output_dir),
+            "POSEGEN_OUTPUT_MOUNT_PATH": str(self.output_dir),
+            "POSEGEN_LEASE_NAMESPACE": "default",
+            "POSEGEN_IDENTITY": "local-operator",
+            "POSEGEN_POSE_SECONDS": "0.6",
+        }
+        env.update(overrides)
+        return env
+
+    def start_operator(self, name: str = "operator", **overrides: str) -> int:
+        """Run the operator as a local process (as `kopf run` would), logs in <state>/logs/<name>.log."""
+        self.output_dir.mkdir(exist_ok=True)
+        pid = self.start(name, [sys.executable, "-m", "posegen_operator"], env=self.operator_environment(**overrides))
+        port = int(overrides.get("POSEGEN_API_PORT", self.config.ports.operator_api))
+        wait_until(
+            lambda: b"ready" in _http_get(f"http://127.0.0.1:{port}/readyz"), timeout=60, what=name, log=self.log(name)
+        )
+        return pid
+
+    def stop_operator(self, name: str = "operator", sig: int = signal.SIGTERM) -> bool:
+        return stop(self.run_dir / f"{name}.pid", sig=sig)
 
     def _stop_pod_processes(self) -> list[str]:
         """Pod processes outlive the node runner by design; `down` ends them too."""

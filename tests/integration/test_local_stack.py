@@ -86,9 +86,7 @@ def test_crd_with_cel_rule_refuses_invalid_object_at_apply(cluster: Cluster, nam
     try:
         ok = eventually(
             lambda: (
-                cluster.kubectl(
-                    "-n", namespace, "apply", "-f", "-", stdin=widget("good", 1, 2), check=False
-                ).returncode
+                cluster.kubectl("-n", namespace, "apply", "-f", "-", stdin=widget("good", 1, 2), check=False).returncode
                 == 0
             ),
             what="the new CRD to serve",
@@ -102,12 +100,8 @@ def test_crd_with_cel_rule_refuses_invalid_object_at_apply(cluster: Cluster, nam
 
 
 def test_pods_run_to_succeeded_and_failed_with_their_exit_codes(cluster: Cluster, namespace: str) -> None:
-    cluster.core.create_namespaced_secret(
-        namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}}
-    )
-    cluster.core.create_namespaced_config_map(
-        namespace, {"metadata": {"name": "conf"}, "data": {"mode": "fast"}}
-    )
+    cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}})
+    cluster.core.create_namespaced_config_map(namespace, {"metadata": {"name": "conf"}, "data": {"mode": "fast"}})
     env = [
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
         {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "mode"}}},
@@ -150,19 +144,11 @@ def test_restart_policy_on_failure_restarts_the_container(cluster: Cluster, name
     assert status.last_state.terminated.exit_code == 1
 
 
-def test_deleting_a_pod_terminates_its_process_within_the_grace_period(
-    cluster: Cluster, namespace: str
-) -> None:
-    graceful = (
-        "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(600)"
-    )
+def test_deleting_a_pod_terminates_its_process_within_the_grace_period(cluster: Cluster, namespace: str) -> None:
+    graceful = "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(600)"
     stubborn = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
-    cluster.core.create_namespaced_pod(
-        namespace, pod_manifest("graceful", ["python", "-c", graceful], grace=30)
-    )
-    cluster.core.create_namespaced_pod(
-        namespace, pod_manifest("stubborn", ["python", "-c", stubborn], grace=2)
-    )
+    cluster.core.create_namespaced_pod(namespace, pod_manifest("graceful", ["python", "-c", graceful], grace=30))
+    cluster.core.create_namespaced_pod(namespace, pod_manifest("stubborn", ["python", "-c", stubborn], grace=2))
     pids = {name: cluster.pod_pid(namespace, name) for name in ("graceful", "stubborn")}
     for name in pids:
         eventually(lambda name=name: pod_phase(cluster, namespace, name) == "Running", what=f"{name} Running")
@@ -187,9 +173,7 @@ def test_deleting_a_pod_terminates_its_process_within_the_grace_period(
 def test_deleting_an_owner_garbage_collects_its_pods(cluster: Cluster, namespace: str) -> None:
     owner = cluster.core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
     reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
-    cluster.core.create_namespaced_pod(
-        namespace, pod_manifest("owned", ["sleep", "600"], owner=reference, grace=1)
-    )
+    cluster.core.create_namespaced_pod(namespace, pod_manifest("owned", ["sleep", "600"], owner=reference, grace=1))
     pid = cluster.pod_pid(namespace, "owned")
     cluster.core.delete_namespaced_config_map("owner", namespace)
     eventually(
@@ -210,9 +194,7 @@ def test_node_runner_restart_adopts_running_pods(cluster: Cluster, namespace: st
     assert process_exists(pid), "pod processes outlive the node runner"
     cluster.stack.up()  # idempotent: restarts only what is down, here the node runner
     os.kill(pid, signal.SIGKILL)
-    eventually(
-        lambda: pod_phase(cluster, namespace, "survivor") == "Failed", what="adopted pod's exit reported"
-    )
+    eventually(lambda: pod_phase(cluster, namespace, "survivor") == "Failed", what="adopted pod's exit reported")
     assert terminated(cluster, namespace, "survivor").exit_code == 137
 
 
@@ -240,9 +222,7 @@ def test_postgres_and_redis_answer(cluster: Cluster) -> None:
 
 
 def test_prometheus_is_up_with_promtool(cluster: Cluster) -> None:
-    result = subprocess.run(
-        ["promtool", "--version"], capture_output=True, text=True, env=cluster.env, check=False
-    )
+    result = subprocess.run(["promtool", "--version"], capture_output=True, text=True, env=cluster.env, check=False)
     assert result.returncode == 0
     with urllib.request.urlopen(f"{cluster.stack.prometheus_url}/-/ready", timeout=5) as response:
         assert response.status == 200

@@ -75,11 +75,11 @@ def build_generator(
 
         return EmbeddedGenerator(pose_seconds=pose_seconds)
     if kind == "flux":
-        from posegen_worker.generators.flux import FluxGenerator  # noqa: PLC0415
-
         if not flux_url:
             raise ValueError("generator 'flux' needs a FLUX base URL")
         if not flux_api_key:
             raise ValueError("generator 'flux' needs a FLUX API key")
+        from posegen_worker.generators.flux import FluxGenerator  # noqa: PLC0415
+
         return FluxGenerator(flux_url, flux_api_key, timeout=flux_timeout, max_attempts=flux_max_attempts)
     raise ValueError(f"unknown generator kind {kind!r}; expected 'embedded' or 'flux'")

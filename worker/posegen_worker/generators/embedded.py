@@ -105,9 +105,7 @@ _POSES: dict[str, _PoseSpec] = {
     "lying": _PoseSpec(True, 1.0, 0, _Limb(15, 5), _Limb(15, 5), _Limb(5, 3), _Limb(5, 3), rotation=90),
     "walking": _PoseSpec(False, 0.35, 3, _Limb(-20, 15), _Limb(20, 20), _Limb(20, 5), _Limb(-15, 10)),
     "running": _PoseSpec(False, 0.35, 12, _Limb(-45, 90), _Limb(35, 90), _Limb(50, 60), _Limb(-25, 90)),
-    "sitting": _PoseSpec(
-        False, 0.35, -5, _Limb(15, 60), _Limb(15, 60), _Limb(90, 90), _Limb(90, 90), jitter=6
-    ),
+    "sitting": _PoseSpec(False, 0.35, -5, _Limb(15, 60), _Limb(15, 60), _Limb(90, 90), _Limb(90, 90), jitter=6),
     "kneeling": _PoseSpec(False, 0.35, 0, _Limb(5, 15), _Limb(5, 15), _Limb(85, 95), _Limb(-5, 90), jitter=6),
 }
 # Shoulder and hip ranges differ by view: sideways (abduction) vs forwards (flexion).

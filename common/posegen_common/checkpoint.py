@@ -1,0 +1,286 @@
+"""Checkpoint queries: the only code that writes ``pose_generation`` and ``generated_pose``.
+
+Fencing: ``pose_generation.attempt`` is bumped (``begin_attempt``) before a new worker starts, and
+``record_pose`` locks the row and writes only while the caller's attempt is current and the
+generation is processing. A replaced worker that wakes up (a zombie) therefore records nothing,
+and the unique keys make a pose computed twice count once."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from posegen_common.schema import (
+    FINAL_STATUSES,
+    GeneratedPoseRow,
+    GenerationStatus,
+    PoseGenerationRow,
+)
+
+generation = cast(Table, PoseGenerationRow.__table__)
+pose = cast(Table, GeneratedPoseRow.__table__)
+
+
+class Superseded(Exception):
+    """The caller's attempt is no longer current (or the generation stopped processing)."""
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What the operator records when it first sees a resource."""
+
+    id: str
+    namespace: str
+    name: str
+    project_id: str
+    generation_type: str
+    text_prompt: str | None
+    pose_library_ids: list[str] | None
+    seed: int
+    total_expected_poses: int
+
+
+@dataclass(frozen=True)
+class GenerationState:
+    """A row as the operator observes it."""
+
+    id: str
+    status: str
+    attempt: int
+    poses_completed: int
+    total_expected_poses: int
+    recoveries: int
+    attempt_reason: str | None
+    last_recovery_reason: str | None
+    last_recovery_at: dt.datetime | None
+    started_at: dt.datetime | None
+    last_pose_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    error_message: str | None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a worker resumes from."""
+
+    spec: GenerationSpec
+    attempt: int
+    completed_indexes: frozenset[int]
+
+
+@dataclass(frozen=True)
+class RecordedPose:
+    index: int
+    pose_library_id: str
+    image_path: str
+    keypoints: list[dict[str, Any]]
+    base_pose: str
+
+
+_STATE_COLUMNS = (
+    generation.c.id,
+    generation.c.status,
+    generation.c.attempt,
+    generation.c.poses_completed,
+    generation.c.total_expected_poses,
+    generation.c.recoveries,
+    generation.c.attempt_reason,
+    generation.c.last_recovery_reason,
+    generation.c.last_recovery_at,
+    generation.c.started_at,
+    generation.c.last_pose_at,
+    generation.c.completed_at,
+    generation.c.error_message,
+)
+
+
+def _state(row: Any) -> GenerationState:
+    return GenerationState(**row._mapping)
+
+
+# ---- operator side ------------------------------------------------------------------------------
+def register(conn: Connection, spec: GenerationSpec) -> None:
+    """Record a new generation (idempotent)."""
+    values = {
+        "id": spec.id,
+        "namespace": spec.namespace,
+        "name": spec.name,
+        "project_id": spec.project_id,
+        "generation_type": spec.generation_type,
+        "text_prompt": spec.text_prompt,
+        "pose_library_ids": spec.pose_library_ids,
+        "seed": spec.seed,
+        "total_expected_poses": spec.total_expected_poses,
+        "status": GenerationStatus.QUEUED,
+    }
+    conn.execute(insert(generation).values(**values).on_conflict_do_nothing(index_elements=["id"]))
+
+
+def fetch_states(conn: Connection, ids: Collection[str]) -> dict[str, GenerationState]:
+    """One query for every generation in play."""
+    if not ids:
+        return {}
+    rows = conn.execute(select(*_STATE_COLUMNS).where(generation.c.id.in_(list(ids))))
+    return {row.id: _state(row) for row in rows}
+
+
+def fetch_unfinished_ids(conn: Connection) -> set[str]:
+    """Queued or processing rows (served by the partial index): finds rows whose resource is gone."""
+    active = (GenerationStatus.QUEUED, GenerationStatus.PROCESSING)
+    return set(conn.scalars(select(generation.c.id).where(generation.c.status.in_(active))))
+
+
+def database_now(conn: Connection) -> dt.datetime:
+    now: dt.datetime = conn.execute(select(func.now())).scalar_one()
+    return now
+
+
+def begin_attempt(
+    conn: Connection, generation_id: str, expected_attempt: int, recovery_reason: str | None
+) -> int | None:
+    """Fence out every earlier worker and claim the next attempt; None if another actor won."""
+    values: dict[str, Any] = {
+        "attempt": generation.c.attempt + 1,
+        "status": GenerationStatus.PROCESSING,
+        "started_at": func.coalesce(generation.c.started_at, func.now()),
+        # The stall clock restarts with each worker.
+        "last_pose_at": func.now(),
+        "error_message": None,
+        "attempt_reason": recovery_reason,
+    }
+    if recovery_reason is not None:
+        values |= {
+            "recoveries": generation.c.recoveries + 1,
+            "last_recovery_reason": recovery_reason,
+            "last_recovery_at": func.now(),
+        }
+    statement = (
+        update(generation)
+        .where(
+            generation.c.id == generation_id,
+            generation.c.attempt == expected_attempt,
+            generation.c.status.not_in(list(FINAL_STATUSES)),
+        )
+        .values(**values)
+        .returning(generation.c.attempt)
+    )
+    return conn.execute(statement).scalar_one_or_none()
+
+
+def set_status(
+    conn: Connection, generation_id: str, status: GenerationStatus, *, error_message: str | None = None
+) -> bool:
+    """Move an unfinished generation to ``status``; a final status is never overwritten."""
+    values: dict[str, Any] = {"status": status, "error_message": error_message}
+    if status in FINAL_STATUSES:
+        values["completed_at"] = func.now()
+    statement = (
+        update(generation)
+        .where(generation.c.id == generation_id, generation.c.status.not_in(list(FINAL_STATUSES)))
+        .values(**values)
+    )
+    return conn.execute(statement).rowcount > 0
+
+
+def status_counts(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(generation.c.status, func.count()).group_by(generation.c.status))
+    return {status: count for status, count in rows}
+
+
+def status_summary(conn: Connection, stall_timeout: float) -> dict[str, Any]:
+    """The seed's status counts in one query over active rows (served by the partial index):
+    queued, processing, stalled (no pose for ``stall_timeout``) and the oldest processing start
+    (the seed's "Processing Time", MAX(NOW() - started_at))."""
+    row = conn.execute(
+        text(
+            "SELECT count(*) FILTER (WHERE status = 'queued') AS queued,"
+            " count(*) FILTER (WHERE status = 'processing') AS processing,"
+            " count(*) FILTER (WHERE status = 'processing'"
+            "   AND last_pose_at < now() - make_interval(secs => :stall)) AS stalled,"
+            " min(started_at) FILTER (WHERE status = 'processing') AS oldest_started_at"
+            " FROM pose_generation WHERE status IN ('queued', 'processing')"
+        ),
+        {"stall": stall_timeout},
+    ).one()
+    return dict(row._mapping)
+
+
+# ---- worker side --------------------------------------------------------------------------------
+def load_checkpoint(conn: Connection, generation_id: str, attempt: int) -> Checkpoint:
+    row = conn.execute(select(generation).where(generation.c.id == generation_id)).one_or_none()
+    if row is None:
+        raise Superseded(f"generation {generation_id} does not exist")
+    if row.attempt != attempt or row.status != GenerationStatus.PROCESSING:
+        raise Superseded(f"generation {generation_id} is at attempt {row.attempt} ({row.status}), not {attempt}")
+    spec = GenerationSpec(
+        id=row.id,
+        namespace=row.namespace,
+        name=row.name,
+        project_id=row.project_id,
+        generation_type=row.generation_type,
+        text_prompt=row.text_prompt,
+        pose_library_ids=row.pose_library_ids,
+        seed=row.seed,
+        total_expected_poses=row.total_expected_poses,
+    )
+    done = conn.scalars(select(pose.c.pose_index).where(pose.c.generation_id == generation_id))
+    return Checkpoint(spec, attempt, frozenset(done))
+
+
+def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: RecordedPose) -> int:
+    """Record one pose and the progress in the caller's transaction; returns poses_completed.
+
+    Raises Superseded (and writes nothing) unless ``attempt`` is current and processing. The row
+    lock orders this write against ``begin_attempt``: a bump waits for an in-flight pose, and a
+    pose after a bump sees it."""
+    current = conn.execute(
+        select(
+            generation.c.attempt, generation.c.status, generation.c.poses_completed, generation.c.total_expected_poses
+        )
+        .where(generation.c.id == generation_id)
+        .with_for_update()
+    ).one_or_none()
+    if current is None or current.attempt != attempt or current.status != GenerationStatus.PROCESSING:
+        raise Superseded(f"attempt {attempt} of {generation_id} is no longer current")
+    inserted = conn.execute(
+        insert(pose)
+        .values(
+            generation_id=generation_id,
+            pose_index=recorded.index,
+            pose_library_id=recorded.pose_library_id,
+            attempt=attempt,
+            image_path=recorded.image_path,
+            keypoints=recorded.keypoints,
+            base_pose=recorded.base_pose,
+        )
+        .on_conflict_do_nothing()
+        .returning(pose.c.id)
+    ).scalar_one_or_none()
+    completed = int(current.poses_completed) + (1 if inserted is not None else 0)
+    finished = completed >= current.total_expected_poses
+    values: dict[str, Any] = {"poses_completed": completed, "last_pose_at": func.now()}
+    if finished:
+        values |= {"status": GenerationStatus.COMPLETED, "completed_at": func.now()}
+    conn.execute(update(generation).where(generation.c.id == generation_id).values(**values))
+    return completed
+
+
+def seed_duplicates(conn: Connection) -> Sequence[Any]:
+    """The seed's duplicate query, verbatim."""
+    return conn.execute(
+        text(
+            "SELECT generation_id, pose_library_id, COUNT(*)\n"
+            "FROM generated_pose\n"
+            "GROUP BY generation_id, pose_library_id\n"
+            "HAVING COUNT(*) > 1"
+        )
+    ).all()

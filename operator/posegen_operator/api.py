@@ -1,0 +1,241 @@
+"""The seed's HTTP API, served by the operator: recovery status and trigger and the generate call
+behind a bearer token, and the health check. Paths and JSON fields are the seed's.
+
+Blocking work (SQL, Redis, the Kubernetes client) runs in threads: the event loop it shares with
+kopf is never blocked. Error bodies say what was wrong with the request, never what is inside."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+import redis
+from aiohttp import web
+from kubernetes.client.exceptions import ApiException
+from sqlalchemy import Engine, text
+
+from posegen_common import checkpoint, keys
+from posegen_operator.builders import GROUP, KIND, PLURAL, VERSION
+from posegen_operator.controller import Controller
+from posegen_operator.metrics import Metrics
+from posegen_operator.settings import Settings
+
+log = logging.getLogger("posegen.operator")
+BASE = "/api/apps/pose-generator"
+GENERATE_FIELDS = {
+    "projectId",
+    "generationType",
+    "textPrompt",
+    "poseLibraryIds",
+    "variationCount",
+    "seed",
+    "priority",
+    "namespace",
+    "name",
+}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    controller: Controller
+    engine: Engine
+    redis: redis.Redis
+    api: kubernetes.client.ApiClient
+    metrics: Metrics
+    default_namespace: str
+
+
+def build_app(context: ApiContext) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, middlewares=[_count(context), _auth(context)])
+    app.router.add_get(f"{BASE}/recovery/status", _handler(context, recovery_status))
+    app.router.add_post(f"{BASE}/recovery/trigger", _handler(context, recovery_trigger))
+    app.router.add_get(f"{BASE}/health", _handler(context, health))
+    app.router.add_post(f"{BASE}/generate", _handler(context, generate))
+    app.router.add_get("/readyz", _handler(context, ready))
+    return app
+
+
+PUBLIC_PATHS = {f"{BASE}/health", "/readyz"}
+
+
+def _auth(context: ApiContext) -> Any:
+    expected = f"Bearer {context.settings.admin_token}".encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        # Constant time: the comparison does not reveal how much of a guess was right.
+        if not hmac.compare_digest(given, expected):
+            return web.json_response(
+                {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="posegen"'}
+            )
+        return await handler(request)
+
+    return middleware
+
+
+def _count(context: ApiContext) -> Any:
+    known = {f"{BASE}/recovery/status", f"{BASE}/recovery/trigger", f"{BASE}/health", f"{BASE}/generate", "/readyz"}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path if request.path in known else "other"
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:
+            context.metrics.admin_requests.labels(path=path, code=str(error.status)).inc()
+            raise
+        context.metrics.admin_requests.labels(path=path, code=str(response.status)).inc()
+        return response
+
+    return middleware
+
+
+def _handler(context: ApiContext, function: Callable[[ApiContext, web.Request], Awaitable[web.Response]]) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await function(context, request)
+
+    return handle
+
+
+# ---- endpoints ----------------------------------------------------------------------------------
+async def recovery_status(context: ApiContext, _request: web.Request) -> web.Response:
+    def read() -> dict[str, Any]:
+        with context.engine.connect() as conn:
+            summary = checkpoint.status_summary(conn, context.settings.stall_timeout)
+        last = context.redis.get(keys.LAST_RECOVERY_RUN)
+        return {
+            "stalledGenerations": summary["stalled"],
+            "queuedGenerations": summary["queued"],
+            "processingGenerations": summary["processing"],
+            "lastRecoveryRun": last.decode() if isinstance(last, bytes) else last,
+        }
+
+    try:
+        body = await asyncio.to_thread(read)
+    except Exception as error:
+        log.warning("recovery status unavailable: %s", type(error).__name__)
+        return web.json_response({"error": "recovery status unavailable: a dependency is down"}, status=503)
+    return web.json_response(body)
+
+
+async def recovery_trigger(context: ApiContext, _request: web.Request) -> web.Response:
+    if not context.controller.elector.is_leader:
+        return web.json_response(
+            {
+                "success": False,
+                "recovered": 0,
+                "failed": 0,
+                "error": "this replica is on standby; retry to reach the active one",
+            },
+            status=503,
+            headers={"Retry-After": "2"},
+        )
+    result = await asyncio.to_thread(context.controller.trigger)
+    status = 200 if result.success else 503
+    return web.json_response(
+        {"success": result.success, "recovered": result.recovered, "failed": result.failed}, status=status
+    )
+
+
+async def health(context: ApiContext, _request: web.Request) -> web.Response:
+    def check() -> tuple[dict[str, Any], bool]:
+        checks: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        try:
+            with context.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                counts = checkpoint.status_counts(conn)
+            checks["database"] = {"status": "connected"}
+        except Exception:
+            checks["database"] = {"status": "disconnected"}
+        try:
+            context.redis.ping()
+            checks["redis"] = {"status": "connected"}
+        except redis.RedisError:
+            checks["redis"] = {"status": "disconnected"}
+        healthy = all(check["status"] == "connected" for check in checks.values())
+        checks["queue"] = {
+            "status": "operational" if healthy else "degraded",
+            "counts": {
+                "waiting": counts.get("queued", 0),
+                "active": counts.get("processing", 0),
+                "failed": counts.get("failed", 0),
+            },
+        }
+        return checks, healthy
+
+    checks, healthy = await asyncio.to_thread(check)
+    return web.json_response(
+        {"status": "healthy" if healthy else "unhealthy", "checks": checks}, status=200 if healthy else 503
+    )
+
+
+async def ready(context: ApiContext, _request: web.Request) -> web.Response:
+    """Ready when this replica can serve: the active one has finished a pass, a standby is waiting."""
+    controller = context.controller
+    ok = controller.last_pass_ok or not controller.elector.is_leader
+    return web.json_response({"ready": ok, "leader": controller.elector.is_leader}, status=200 if ok else 503)
+
+
+async def generate(context: ApiContext, request: web.Request) -> web.Response:
+    try:
+        payload = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _bad_request("the body must be a JSON object")
+    if not isinstance(payload, dict):
+        return _bad_request("the body must be a JSON object")
+    unknown = sorted(set(payload) - GENERATE_FIELDS)
+    if unknown:
+        return _bad_request(f"unknown fields: {', '.join(unknown)}")
+    namespace = payload.pop("namespace", None) or context.default_namespace
+    name = payload.pop("name", None)
+    if not isinstance(namespace, str) or (name is not None and not isinstance(name, str)):
+        return _bad_request("namespace and name must be strings")
+    metadata: dict[str, Any] = {"name": name} if name else {"generateName": "gen-"}
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": metadata, "spec": payload}
+    custom = kubernetes.client.CustomObjectsApi(context.api)
+    try:
+        created = await asyncio.to_thread(
+            custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body, _request_timeout=(5, 15)
+        )
+    except ApiException as error:
+        if error.status in (400, 409, 422):
+            return _bad_request(_api_message(error), status=409 if error.status == 409 else 400)
+        if error.status == 404:
+            return _bad_request(f"namespace {namespace!r} not found", status=404)
+        log.warning("generate: the API server answered %s", error.status)
+        return web.json_response({"error": "the generation could not be created; retry"}, status=503)
+    meta = created["metadata"]
+    return web.json_response(
+        {
+            "success": True,
+            "generationId": meta["uid"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "status": "queued",
+        },
+        status=201,
+    )
+
+
+def _bad_request(reason: str, status: int = 400) -> web.Response:
+    return web.json_response({"success": False, "error": reason}, status=status)
+
+
+def _api_message(error: ApiException) -> str:
+    """The API server's own explanation (a CEL or schema message), which is about the request."""
+    try:
+        return str(json.loads(error.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return "the request was refused by the API server"

@@ -1,0 +1,72 @@
+"""kopf glue, and nothing else: each handler is one line into the typed modules.
+
+Only event handlers are used: they feed the controller's cache and wake it. kopf keeps no state
+on our objects (no progress annotations); the controller decides from observed state alone."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import kopf
+
+from posegen_operator.builders import FINALIZER, GROUP, MANAGED_BY, PLURAL, VERSION
+from posegen_operator.runtime import Runtime
+
+WORKER_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "worker"}
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure_kopf(settings)
+    runtime = Runtime.build(memo["settings"])
+    memo["runtime"] = runtime
+    await runtime.start()
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await runtime.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def generation_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    observe(memo, "generations", event)
+
+
+@kopf.on.event("", "v1", "pods", labels=WORKER_LABELS)
+def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    observe(memo, "pods", event)
+
+
+@kopf.on.probe(id="controller")
+def controller_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    runtime: Runtime = memo["runtime"]
+    return {"leader": runtime.controller.elector.is_leader, "lastPassOk": runtime.controller.last_pass_ok}
+
+
+def observe(memo: kopf.Memo, kind: str, event: kopf.RawEvent) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
+        return
+    body = cast(dict[str, Any], event["object"])
+    if event["type"] == "DELETED":
+        runtime.controller.cache.remove(kind, body)
+    else:
+        runtime.controller.cache.upsert(kind, body)
+    runtime.controller.notify()
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not a line per watch event
+    settings.persistence.finalizer = FINALIZER
+    settings.peering.standalone = True  # one active replica is chosen by our Lease, not kopf peering
+    settings.posting.level = 30  # only warnings become Kubernetes Events
+    settings.watching.connect_timeout = 10
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    settings.batching.worker_limit = 50

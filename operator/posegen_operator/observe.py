@@ -1,0 +1,215 @@
+"""Observe: everything a pass decides on, in a few batched reads.
+
+PoseGenerations and worker pods come from an in-memory cache fed by the kopf watch streams (and
+seeded by one list at start-up), so a pass makes no API calls; rows come from one SQL query for
+the generations in play and heartbeats from one Redis MGET. Finished generations cost nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from sqlalchemy import Engine
+
+from posegen_common import checkpoint, keys
+from posegen_common.checkpoint import GenerationSpec
+from posegen_operator.builders import FINALIZER, LABEL_ATTEMPT, RECOVER_ANNOTATION
+from posegen_operator.planning import FINAL_PHASES, GenerationView, HeartbeatView, Observed, PodView, Policy
+from posegen_operator.settings import Settings
+
+log = logging.getLogger("posegen.operator")
+Body = dict[str, Any]
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _resource_version(body: Body) -> int:
+    try:
+        return int(body["metadata"].get("resourceVersion", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+class ObjectCache:
+    """PoseGenerations and worker pods by uid; watch events may arrive late or twice, so an older
+    resourceVersion never overwrites a newer one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[str, dict[str, Body]] = {"generations": {}, "pods": {}}
+
+    def upsert(self, kind: str, body: Body) -> None:
+        uid = body["metadata"]["uid"]
+        with self._lock:
+            current = self._objects[kind].get(uid)
+            if current is None or _resource_version(body) >= _resource_version(current):
+                self._objects[kind][uid] = body
+
+    def remove(self, kind: str, body: Body) -> None:
+        with self._lock:
+            self._objects[kind].pop(body["metadata"]["uid"], None)
+
+    def replace(self, kind: str, bodies: Iterable[Body]) -> None:
+        with self._lock:
+            self._objects[kind] = {b["metadata"]["uid"]: b for b in bodies}
+
+    def snapshot(self) -> tuple[list[Body], list[Body]]:
+        with self._lock:
+            return list(self._objects["generations"].values()), list(self._objects["pods"].values())
+
+
+def generation_spec(body: Body) -> GenerationSpec:
+    meta, spec = body["metadata"], body.get("spec", {})
+    seed = spec.get("seed")
+    return GenerationSpec(
+        id=meta["uid"],
+        namespace=meta["namespace"],
+        name=meta["name"],
+        project_id=spec["projectId"],
+        generation_type=spec["generationType"],
+        text_prompt=spec.get("textPrompt"),
+        pose_library_ids=spec.get("poseLibraryIds"),
+        # Without a seed the uid gives one: stable for this resource, different across resources.
+        seed=int(seed) if seed is not None else int(meta["uid"].replace("-", "")[:8], 16),
+        total_expected_poses=int(spec.get("variationCount", 50)),
+    )
+
+
+def policy_of(body: Body, settings: Settings) -> Policy:
+    overrides = body.get("spec", {}).get("recovery") or {}
+    return Policy(
+        stall_timeout=float(overrides.get("stallTimeoutSeconds", settings.stall_timeout)),
+        deadline=float(overrides.get("deadlineSeconds", settings.deadline)),
+        max_recoveries=int(overrides.get("maxRecoveries", settings.max_recoveries)),
+    )
+
+
+def pod_view(body: Body) -> PodView:
+    meta, status = body["metadata"], body.get("status") or {}
+    container: dict[str, Any] = next(iter(status.get("containerStatuses") or []), {})
+    state = container.get("state") or {}
+    terminated = state.get("terminated") or {}
+    running = state.get("running") or {}
+    return PodView(
+        name=meta["name"],
+        attempt=int(meta.get("labels", {}).get(LABEL_ATTEMPT, 0)),
+        phase=status.get("phase", "Pending"),
+        deleting=meta.get("deletionTimestamp") is not None,
+        exit_code=terminated.get("exitCode"),
+        reason=status.get("reason"),
+        running_since=parse_time(running.get("startedAt")) or parse_time(status.get("startTime")),
+        finished_at=parse_time(terminated.get("finishedAt")),
+    )
+
+
+def needs_attention(body: Body) -> bool:
+    """Finished generations are left alone unless deleted or asked for a recovery check."""
+    meta, status = body["metadata"], body.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") not in FINAL_PHASES:
+        return True
+    request = (meta.get("annotations") or {}).get(RECOVER_ANNOTATION)
+    return request is not None and request != status.get("lastRecoveryRequest")
+
+
+class Observer:
+    def __init__(self, settings: Settings, engine: Engine, redis_client: redis.Redis, cache: ObjectCache) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.redis = redis_client
+        self.cache = cache
+
+    def observe(self, *, first_pass: bool, full: bool) -> tuple[Observed, dict[str, int]]:
+        """The pass's observation, and resource counts by phase over every cached resource."""
+        bodies, pod_bodies = self.cache.snapshot()
+        counts: dict[str, int] = {}
+        for body in bodies:
+            phase = (body.get("status") or {}).get("phase") or "Pending"
+            counts[phase] = counts.get(phase, 0) + 1
+        active = [body for body in bodies if needs_attention(body)]
+        pods_by_owner: dict[str, list[PodView]] = {}
+        for pod in pod_bodies:
+            for owner in pod["metadata"].get("ownerReferences") or []:
+                pods_by_owner.setdefault(owner["uid"], []).append(pod_view(pod))
+        ids = [body["metadata"]["uid"] for body in active]
+        with self.engine.connect() as conn:
+            rows = checkpoint.fetch_states(conn, ids)
+            db_now = checkpoint.database_now(conn)
+            orphans: frozenset[str] = frozenset()
+            if full:
+                known = {body["metadata"]["uid"] for body in bodies}
+                orphans = frozenset(checkpoint.fetch_unfinished_ids(conn) - known)
+        processing = [i for i in ids if i in rows and rows[i].status == "processing"]
+        heartbeats, trustworthy = self._heartbeats(processing)
+        now = dt.datetime.now(dt.UTC)
+        views = tuple(self._view(body, rows.get(body["metadata"]["uid"]), pods_by_owner, heartbeats) for body in active)
+        observed = Observed(
+            views,
+            now=now,
+            db_now=db_now,
+            heartbeats_trustworthy=trustworthy,
+            first_pass=first_pass,
+            orphan_row_ids=orphans,
+        )
+        return observed, counts
+
+    def _view(
+        self,
+        body: Body,
+        row: checkpoint.GenerationState | None,
+        pods: dict[str, list[PodView]],
+        heartbeats: dict[str, HeartbeatView],
+    ) -> GenerationView:
+        meta, spec = body["metadata"], body.get("spec", {})
+        uid = meta["uid"]
+        return GenerationView(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=uid,
+            created_at=parse_time(meta.get("creationTimestamp")) or dt.datetime.now(dt.UTC),
+            spec_generation=int(meta.get("generation", 1)),
+            priority=int(spec.get("priority", 0)),
+            suspend=bool(spec.get("suspend", False)),
+            deleting=meta.get("deletionTimestamp") is not None,
+            has_finalizer=FINALIZER in (meta.get("finalizers") or []),
+            policy=policy_of(body, self.settings),
+            spec=generation_spec(body),
+            status=dict(body.get("status") or {}),
+            recover_request=(meta.get("annotations") or {}).get(RECOVER_ANNOTATION),
+            row=row,
+            pods=tuple(sorted(pods.get(uid, []), key=lambda p: p.attempt)),
+            heartbeat=heartbeats.get(uid),
+        )
+
+    def _heartbeats(self, generation_ids: list[str]) -> tuple[dict[str, HeartbeatView], bool]:
+        """One MGET. Heartbeats are trusted only if Redis has been up longer than one TTL: right
+        after a Redis restart every key is missing, and that must not look like a mass hang."""
+        if not generation_ids:
+            return {}, True
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.info("server")
+            pipe.mget([keys.heartbeat(i) for i in generation_ids])
+            info, values = pipe.execute()
+        except redis.RedisError as error:
+            log.warning("redis unavailable, hang detection paused: %s", error)
+            return {}, False
+        trustworthy = int(info.get("uptime_in_seconds", 0)) >= self.settings.heartbeat_ttl
+        beats: dict[str, HeartbeatView] = {}
+        for generation_id, raw in zip(generation_ids, values, strict=True):
+            if raw is None:
+                continue
+            try:
+                value = json.loads(raw)
+                beats[generation_id] = HeartbeatView(int(value["attempt"]), int(value.get("poses", 0)))
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring a malformed heartbeat for %s", generation_id)
+        return beats, trustworthy

@@ -1,0 +1,91 @@
+"""The operator's parts, built once from the settings and started/stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import kubernetes
+import redis
+from aiohttp import web
+from prometheus_client import start_http_server
+from sqlalchemy import Engine
+
+from posegen_common.database import create_db_engine, migrate
+from posegen_operator.api import ApiContext, build_app
+from posegen_operator.controller import Controller
+from posegen_operator.leader import LeaderElector
+from posegen_operator.metrics import Metrics
+from posegen_operator.settings import Settings
+
+log = logging.getLogger("posegen.operator")
+
+
+def kubernetes_client() -> kubernetes.client.ApiClient:
+    """In a pod: its service account; elsewhere: $KUBECONFIG (the local stack gives one to each pod)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    redis: redis.Redis
+    api: kubernetes.client.ApiClient
+    metrics: Metrics
+    controller: Controller
+    runner: web.AppRunner | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        engine = create_db_engine(settings.database_url, application_name="posegen-operator", pool_size=4)
+        redis_client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=3, socket_connect_timeout=3, health_check_interval=30
+        )
+        api = kubernetes_client()
+        metrics = Metrics()
+        elector = LeaderElector(
+            api,
+            name=settings.lease_name,
+            namespace=settings.lease_namespace,
+            identity=settings.identity,
+            enabled=settings.leader_election,
+        )
+        controller = Controller(settings, api, engine, redis_client, metrics, elector)
+        return cls(settings, engine, redis_client, api, metrics, controller)
+
+    async def start(self) -> None:
+        if self.settings.migrate_on_start:
+            await asyncio.to_thread(migrate, self.settings.database_url)
+            log.info("database schema is up to date")
+        start_http_server(self.settings.metrics_port, registry=self.metrics.registry)
+        context = ApiContext(
+            self.settings,
+            self.controller,
+            self.engine,
+            self.redis,
+            self.api,
+            self.metrics,
+            default_namespace=self.settings.namespaces[0] if self.settings.namespaces else "default",
+        )
+        self.runner = web.AppRunner(build_app(context), access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, self.settings.api_host, self.settings.api_port).start()
+        log.info(
+            "admin API on %s:%d, metrics on :%d",
+            self.settings.api_host,
+            self.settings.api_port,
+            self.settings.metrics_port,
+        )
+        self.controller.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.controller.stop)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.engine.dispose()

@@ -1,0 +1,190 @@
+"""The operator's settings: one typed object, read once from the environment at start-up; anything
+missing or malformed stops the process with a message naming the variable (fail fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self.environ.get(name, default)
+        if value is None or value == "":
+            raise SettingsError(f"{name} must be set")
+        return value
+
+    def optional(self, name: str) -> str | None:
+        return self.environ.get(name) or None
+
+    def number(self, name: str, default: float, *, minimum: float = 0, maximum: float = float("inf")) -> float:
+        raw = self.environ.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError as error:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from error
+        if not minimum <= value <= maximum:
+            raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {raw}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
+        value = self.number(name, default, minimum=minimum, maximum=maximum)
+        if value != int(value):
+            raise SettingsError(f"{name} must be a whole number, got {value}")
+        return int(value)
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.environ.get(name)
+        if raw is None or raw == "":
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.environ.get(name) or default
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def json(self, name: str, default: Any, kind: type) -> Any:
+        raw = self.environ.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{name} must be JSON: {error}") from error
+        if not isinstance(value, kind):
+            raise SettingsError(f"{name} must be a JSON {kind.__name__}")
+        return value
+
+
+@dataclass(frozen=True)
+class WorkerTemplate:
+    """How worker pods are built (the chart's worker values)."""
+
+    image: str = "posegen-worker:latest"
+    command: tuple[str, ...] = ("python", "-m", "posegen_worker")
+    service_account: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    # Where images go: a hostPath or a PVC (claim name) mounted at mount_path, else an emptyDir.
+    output_mount_path: str = "/var/lib/posegen/outputs"
+    output_host_path: str | None = None
+    output_claim: str | None = None
+    # Secret (in each generation's namespace) with database-url, redis-url, flux-api-key; without
+    # one, the operator passes its own connection URLs as plain values (development only).
+    secret_name: str | None = None
+    grace_seconds: int = 30
+    generator: str = "embedded"
+    pose_seconds: float = 0.6
+    flux_url: str | None = None
+    log_format: str = "text"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    admin_token: str
+    namespaces: tuple[str, ...]
+    max_concurrent: int
+    sweep_interval: float
+    status_interval: float
+    heartbeat_ttl: float
+    heartbeat_interval: float
+    worker_startup_grace: float
+    stall_timeout: float
+    deadline: float
+    max_recoveries: int
+    backoff_base: float
+    backoff_max: float
+    api_host: str
+    api_port: int
+    metrics_port: int
+    probe_port: int
+    leader_election: bool
+    lease_name: str
+    lease_namespace: str
+    identity: str
+    migrate_on_start: bool
+    log_format: str
+    flux_api_key: str | None
+    worker: WorkerTemplate
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Env(os.environ if environ is None else environ)
+        heartbeat_ttl = env.number("POSEGEN_HEARTBEAT_TTL_SECONDS", 15, minimum=2, maximum=3600)
+        heartbeat_interval = env.number(
+            "POSEGEN_HEARTBEAT_INTERVAL_SECONDS", heartbeat_ttl / 5, minimum=0.1, maximum=heartbeat_ttl / 2
+        )
+        namespaces = tuple(n.strip() for n in (env.optional("POSEGEN_NAMESPACES") or "").split(",") if n.strip())
+        log_format = env.choice("POSEGEN_LOG_FORMAT", "text", ("text", "json"))
+        worker = WorkerTemplate(
+            image=env.text("POSEGEN_WORKER_IMAGE", WorkerTemplate.image),
+            command=tuple(env.json("POSEGEN_WORKER_COMMAND", list(WorkerTemplate.command), list)),
+            service_account=env.optional("POSEGEN_WORKER_SERVICE_ACCOUNT"),
+            resources=env.json("POSEGEN_WORKER_RESOURCES", {}, dict),
+            node_selector=env.json("POSEGEN_WORKER_NODE_SELECTOR", {}, dict),
+            tolerations=env.json("POSEGEN_WORKER_TOLERATIONS", [], list),
+            output_mount_path=env.text("POSEGEN_OUTPUT_MOUNT_PATH", WorkerTemplate.output_mount_path),
+            output_host_path=env.optional("POSEGEN_OUTPUT_HOST_PATH"),
+            output_claim=env.optional("POSEGEN_OUTPUT_CLAIM"),
+            secret_name=env.optional("POSEGEN_WORKER_SECRET"),
+            grace_seconds=env.integer("POSEGEN_WORKER_GRACE_SECONDS", 30, minimum=1, maximum=3600),
+            generator=env.choice("POSEGEN_GENERATOR", "embedded", ("embedded", "flux")),
+            pose_seconds=env.number("POSEGEN_POSE_SECONDS", 0.6, maximum=600),
+            flux_url=env.optional("FLUX_API_URL"),
+            log_format=log_format,
+        )
+        if worker.generator == "flux" and not worker.flux_url:
+            raise SettingsError("FLUX_API_URL must be set when POSEGEN_GENERATOR=flux")
+        if worker.output_host_path and worker.output_claim:
+            raise SettingsError("set only one of POSEGEN_OUTPUT_HOST_PATH and POSEGEN_OUTPUT_CLAIM")
+        return cls(
+            database_url=env.text("DATABASE_URL"),
+            redis_url=env.text("REDIS_URL"),
+            admin_token=env.text("POSEGEN_ADMIN_TOKEN"),
+            namespaces=namespaces,
+            max_concurrent=env.integer("POSEGEN_MAX_CONCURRENT", 10, minimum=1, maximum=100000),
+            sweep_interval=env.number("POSEGEN_SWEEP_INTERVAL_SECONDS", 10, minimum=0.5, maximum=3600),
+            status_interval=env.number("POSEGEN_STATUS_INTERVAL_SECONDS", 2, minimum=0.2, maximum=600),
+            heartbeat_ttl=heartbeat_ttl,
+            heartbeat_interval=heartbeat_interval,
+            worker_startup_grace=env.number("POSEGEN_WORKER_STARTUP_GRACE_SECONDS", 30, maximum=3600),
+            stall_timeout=env.number("POSEGEN_STALL_TIMEOUT_SECONDS", 600, minimum=10, maximum=86400),
+            deadline=env.number("POSEGEN_DEADLINE_SECONDS", 7200, minimum=30, maximum=604800),
+            max_recoveries=env.integer("POSEGEN_MAX_RECOVERIES", 5, maximum=100),
+            backoff_base=env.number("POSEGEN_RECOVERY_BACKOFF_SECONDS", 2, maximum=3600),
+            backoff_max=env.number("POSEGEN_RECOVERY_BACKOFF_MAX_SECONDS", 60, maximum=86400),
+            api_host=env.text("POSEGEN_API_HOST", "0.0.0.0"),
+            api_port=env.integer("POSEGEN_API_PORT", 8080, minimum=1, maximum=65535),
+            metrics_port=env.integer("POSEGEN_METRICS_PORT", 9090, minimum=1, maximum=65535),
+            probe_port=env.integer("POSEGEN_PROBE_PORT", 8081, minimum=1, maximum=65535),
+            leader_election=env.flag("POSEGEN_LEADER_ELECTION", True),
+            lease_name=env.text("POSEGEN_LEASE_NAME", "posegen-operator"),
+            lease_namespace=env.text("POSEGEN_LEASE_NAMESPACE", env.optional("POD_NAMESPACE") or "default"),
+            identity=env.text("POSEGEN_IDENTITY", env.optional("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"),
+            migrate_on_start=env.flag("POSEGEN_MIGRATE_ON_START", True),
+            log_format=log_format,
+            flux_api_key=env.optional("FLUX_API_KEY"),
+            worker=worker,
+        )

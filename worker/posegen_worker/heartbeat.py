@@ -1,0 +1,55 @@
+"""The worker's heartbeat: a Redis key with a TTL, renewed after every pose and by a background
+thread between poses (so a slow pose is not mistaken for a hang). A frozen process (SIGSTOP, a
+hung host) stops renewing it and the key expires: that is how the operator tells hung from slow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+
+import redis
+
+from posegen_common import keys
+
+log = logging.getLogger("posegen.worker")
+
+
+class Heartbeat:
+    def __init__(
+        self, client: redis.Redis, generation_id: str, attempt: int, pod_name: str, ttl: float, interval: float
+    ) -> None:
+        self.client = client
+        self.key = keys.heartbeat(generation_id)
+        self.attempt = attempt
+        self.pod_name = pod_name
+        self.ttl_ms = int(ttl * 1000)
+        self.interval = interval
+        self.poses = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self, poses: int) -> None:
+        self.beat(poses)
+        self._thread.start()
+
+    def beat(self, poses: int) -> None:
+        """Renew now; a Redis outage is logged, never fatal: Postgres holds the checkpoint."""
+        self.poses = poses
+        value = json.dumps(
+            {"attempt": self.attempt, "poses": poses, "pod": self.pod_name, "at": dt.datetime.now(dt.UTC).isoformat()}
+        )
+        try:
+            self.client.set(self.key, value, px=self.ttl_ms)
+        except redis.RedisError as error:
+            log.warning("heartbeat not renewed (redis: %s)", error)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat(self.poses)
