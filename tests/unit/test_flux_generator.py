@@ -30,6 +30,8 @@ BACKOFF_BASE = 0.5
 class FakeTime:
     """Injected clock and sleep: sleeping advances the clock, and every sleep is recorded."""
 
+    MAX_SLEEPS = 100  # an unbounded retry or poll loop fails the test instead of hanging it
+
     def __init__(self) -> None:
         self.now = 1000.0
         self.sleeps: list[float] = []
@@ -38,6 +40,7 @@ class FakeTime:
         return self.now
 
     def sleep(self, seconds: float) -> None:
+        assert len(self.sleeps) < self.MAX_SLEEPS, "the generator kept sleeping"
         self.sleeps.append(seconds)
         self.now += seconds
 
@@ -110,6 +113,13 @@ def test_wrong_api_key_is_a_permanent_error_without_retry(fake: FakeFlux, fake_t
         generator.generate(REQUEST)
     assert len(fake.requests) == 1
     assert fake_time.sleeps == []
+
+
+def test_api_redirects_are_not_followed_so_the_key_stays_put(fake: FakeFlux, fake_time: FakeTime) -> None:
+    fake.script("generate", Fault(status=307, headers=(("Location", f"{fake.base_url}/elsewhere"),)))
+    with pytest.raises(PermanentGenerationError, match="307"):
+        make(fake, fake_time).generate(REQUEST)
+    assert [r.path for r in fake.requests] == ["/v1/generate"]
 
 
 def test_gallery_prompt_names_the_reference(fake: FakeFlux, fake_time: FakeTime) -> None:

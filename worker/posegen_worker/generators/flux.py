@@ -216,7 +216,7 @@ class FluxGenerator:
                 raise PermanentGenerationError(f"FLUX refused task {task_id}: {status}")
             if status in _FAILED_STATUSES:
                 raise TransientGenerationError(f"FLUX task {task_id} failed: {status}")
-            if False:
+            if self._clock() + self._poll_interval > deadline:
                 raise TransientGenerationError(f"FLUX task {task_id} still {status!r} after {self._poll_timeout:g}s")
             self._sleep(self._poll_interval)
 
@@ -285,11 +285,7 @@ class FluxGenerator:
                         return parse(_read_body(response, limit))
             except _MalformedReplyError as exc:
                 failure, malformed = f"malformed reply: {exc}", True
-            except (
-                requests.Timeout,
-                requests.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
+            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
                 failure, malformed = f"{type(exc).__name__}: {exc}", False
             except requests.RequestException as exc:
                 # Invalid URL, bad scheme, too many redirects: configuration, not luck.
