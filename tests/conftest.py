@@ -26,11 +26,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, f"report_{report.when}", report)
 
 
+# Tests run the operator faster than people watch it: quick poses, short heartbeats and sweeps.
+TEST_OPERATOR_ENV = {
+    "POSEGEN_POSE_SECONDS": "0.05",
+    "POSEGEN_SWEEP_INTERVAL_SECONDS": "2",
+    "POSEGEN_STATUS_INTERVAL_SECONDS": "0.5",
+    "POSEGEN_HEARTBEAT_TTL_SECONDS": "4",
+    "POSEGEN_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+    "POSEGEN_WORKER_STARTUP_GRACE_SECONDS": "6",
+    "POSEGEN_RECOVERY_BACKOFF_SECONDS": "0.5",
+    "POSEGEN_MAX_CONCURRENT": "20",
+    "POSEGEN_WORKER_GRACE_SECONDS": "10",
+}
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     reuse = os.environ.get("POSEGEN_TEST_STATE_DIR")
     state_dir = Path(reuse) if reuse else Path(tempfile.mkdtemp(prefix="posegen-test-"))
-    stack = Stack(state_dir)
+    stack = Stack(state_dir, operator_env=TEST_OPERATOR_ENV)
     try:
         stack.up()
         api = kubernetes.config.new_client_from_config(config_file=str(stack.kubeconfig))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import kubernetes
+import psycopg2
 
 from posegen_devstack.stack import Stack
 
@@ -107,3 +108,67 @@ def pod_manifest(
     if owner:
         metadata["ownerReferences"] = [owner]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+# ---- PoseGenerations ------------------------------------------------------------------------------
+GROUP, VERSION, PLURAL = "posegen.io", "v1", "posegenerations"
+
+
+def generation_manifest(name: str, **spec: Any) -> dict[str, Any]:
+    body = {"projectId": "test-project", "generationType": "TEXT_DESCRIPTION", "textPrompt": "a person running",
+            "variationCount": 10}
+    body.update(spec)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PoseGeneration", "metadata": {"name": name}, "spec": body}
+
+
+def create_generation(cluster: Cluster, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    created: dict[str, Any] = cluster.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, generation_manifest(name, **spec))
+    return created
+
+
+def get_generation(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return found
+
+
+def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(get_generation(cluster, namespace, name).get("status") or {})
+
+
+def wait_for_status(cluster: Cluster, namespace: str, name: str, check: Callable[[dict[str, Any]], bool], *,
+                    timeout: float = 60, what: str = "status") -> dict[str, Any]:
+    return eventually(lambda: (lambda s: s if check(s) else None)(status_of(cluster, namespace, name)),
+                      timeout=timeout, what=f"{namespace}/{name} {what}")
+
+
+def wait_for_phase(cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+    return wait_for_status(cluster, namespace, name, lambda s: s.get("phase") == phase, timeout=timeout,
+                           what=f"phase {phase}")
+
+
+def patch_spec(cluster: Cluster, namespace: str, name: str, **spec: Any) -> None:
+    cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
+
+
+def sql(cluster: Cluster, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(cluster.stack.database_url, connect_timeout=5)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return list(cur.fetchall()) if cur.description else []
+    finally:
+        conn.close()
+
+
+SEED_DUPLICATE_QUERY = """
+SELECT generation_id, pose_library_id, COUNT(*)
+FROM generated_pose
+GROUP BY generation_id, pose_library_id
+HAVING COUNT(*) > 1
+"""
+
+
+def worker_log(cluster: Cluster, namespace: str, pod: str) -> str:
+    path = cluster.node_file(namespace, pod, "log")
+    return path.read_text(errors="replace") if path.exists() else ""

@@ -95,8 +95,9 @@ class StackConfig:
 
 
 class Stack:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, operator_env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir.resolve()
+        self.operator_env = dict(operator_env or {})
         self.run_dir = self.state_dir / "run"
         self.log_dir = self.state_dir / "logs"
         self.kubeconfig = self.state_dir / "kubeconfig"
@@ -486,6 +487,7 @@ class Stack:
             "POSEGEN_IDENTITY": "local-operator",
             "POSEGEN_POSE_SECONDS": "0.6",
         }
+        env.update(self.operator_env)
         env.update(overrides)
         return env
 

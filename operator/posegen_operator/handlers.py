@@ -10,9 +10,10 @@ from typing import Any, cast
 
 import kopf
 
-from posegen_operator.builders import FINALIZER, GROUP, MANAGED_BY, PLURAL, VERSION
+from posegen_operator.builders import GROUP, MANAGED_BY, PLURAL, VERSION
 from posegen_operator.runtime import Runtime
 
+KOPF_FINALIZER = "posegen.io/kopf"
 WORKER_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "worker"}
 
 
@@ -61,7 +62,8 @@ def observe(memo: kopf.Memo, kind: str, event: kopf.RawEvent) -> None:
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not a line per watch event
-    settings.persistence.finalizer = FINALIZER
+    # kopf strips its own finalizer from objects with no deletion handlers: it must not be ours.
+    settings.persistence.finalizer = KOPF_FINALIZER
     settings.peering.standalone = True  # one active replica is chosen by our Lease, not kopf peering
     settings.posting.level = 30  # only warnings become Kubernetes Events
     settings.watching.connect_timeout = 10
