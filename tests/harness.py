@@ -115,15 +115,20 @@ GROUP, VERSION, PLURAL = "posegen.io", "v1", "posegenerations"
 
 
 def generation_manifest(name: str, **spec: Any) -> dict[str, Any]:
-    body = {"projectId": "test-project", "generationType": "TEXT_DESCRIPTION", "textPrompt": "a person running",
-            "variationCount": 10}
+    body = {
+        "projectId": "test-project",
+        "generationType": "TEXT_DESCRIPTION",
+        "textPrompt": "a person running",
+        "variationCount": 10,
+    }
     body.update(spec)
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PoseGeneration", "metadata": {"name": name}, "spec": body}
 
 
 def create_generation(cluster: Cluster, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
     created: dict[str, Any] = cluster.custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, generation_manifest(name, **spec))
+        GROUP, VERSION, namespace, PLURAL, generation_manifest(name, **spec)
+    )
     return created
 
 
@@ -136,15 +141,26 @@ def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return dict(get_generation(cluster, namespace, name).get("status") or {})
 
 
-def wait_for_status(cluster: Cluster, namespace: str, name: str, check: Callable[[dict[str, Any]], bool], *,
-                    timeout: float = 60, what: str = "status") -> dict[str, Any]:
-    return eventually(lambda: (lambda s: s if check(s) else None)(status_of(cluster, namespace, name)),
-                      timeout=timeout, what=f"{namespace}/{name} {what}")
+def wait_for_status(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    check: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float = 60,
+    what: str = "status",
+) -> dict[str, Any]:
+    def matching() -> dict[str, Any] | None:
+        status = status_of(cluster, namespace, name)
+        return status if check(status) else None
+
+    return eventually(matching, timeout=timeout, what=f"{namespace}/{name} {what}")
 
 
 def wait_for_phase(cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
-    return wait_for_status(cluster, namespace, name, lambda s: s.get("phase") == phase, timeout=timeout,
-                           what=f"phase {phase}")
+    return wait_for_status(
+        cluster, namespace, name, lambda s: s.get("phase") == phase, timeout=timeout, what=f"phase {phase}"
+    )
 
 
 def patch_spec(cluster: Cluster, namespace: str, name: str, **spec: Any) -> None:

@@ -78,6 +78,12 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class PoseRecorded:
+    poses_completed: int
+    keep_going: bool  # False once the generation is complete or suspended
+
+
+@dataclass(frozen=True)
 class RecordedPose:
     index: int
     pose_library_id: str
@@ -236,12 +242,13 @@ def load_checkpoint(conn: Connection, generation_id: str, attempt: int) -> Check
     return Checkpoint(spec, attempt, frozenset(done))
 
 
-def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: RecordedPose) -> int:
-    """Record one pose and the progress in the caller's transaction; returns poses_completed.
+def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: RecordedPose) -> PoseRecorded:
+    """Record one pose and the progress in the caller's transaction.
 
-    Raises Superseded (and writes nothing) unless ``attempt`` is current and processing. The row
-    lock orders this write against ``begin_attempt``: a bump waits for an in-flight pose, and a
-    pose after a bump sees it."""
+    Raises Superseded (and writes nothing) unless ``attempt`` is current and the generation is
+    processing, or suspended (the pose a worker had in flight when it was suspended still counts;
+    ``PoseRecorded.keep_going`` then tells it to stop). The row lock orders this write against
+    ``begin_attempt``: a bump waits for an in-flight pose, and a pose after a bump sees it."""
     current = conn.execute(
         select(
             generation.c.attempt, generation.c.status, generation.c.poses_completed, generation.c.total_expected_poses
@@ -249,7 +256,8 @@ def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: Re
         .where(generation.c.id == generation_id)
         .with_for_update()
     ).one_or_none()
-    if current is None or current.attempt != attempt or current.status != GenerationStatus.PROCESSING:
+    writable = (GenerationStatus.PROCESSING, GenerationStatus.SUSPENDED)
+    if current is None or current.attempt != attempt or current.status not in writable:
         raise Superseded(f"attempt {attempt} of {generation_id} is no longer current")
     inserted = conn.execute(
         insert(pose)
@@ -271,7 +279,7 @@ def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: Re
     if finished:
         values |= {"status": GenerationStatus.COMPLETED, "completed_at": func.now()}
     conn.execute(update(generation).where(generation.c.id == generation_id).values(**values))
-    return completed
+    return PoseRecorded(completed, keep_going=current.status == GenerationStatus.PROCESSING and not finished)
 
 
 def seed_duplicates(conn: Connection) -> Sequence[Any]:

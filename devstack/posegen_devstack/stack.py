@@ -16,6 +16,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -201,6 +202,13 @@ class Stack:
             user=user,
             cwd=REPO_ROOT,
         )
+
+    def restart(self, name: str, *, down_seconds: float = 0.0) -> None:
+        """Stop a service and start it again (fault tests: Postgres or Redis going away)."""
+        starters = {"postgres": self._start_postgres, "redis": self._start_redis}
+        stop(self.run_dir / f"{name}.pid", sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
+        time.sleep(down_seconds)
+        starters[name]()
 
     def log(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"

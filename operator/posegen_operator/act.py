@@ -4,6 +4,7 @@ runs twice, or races a second replica, leaves nothing wrong: the next pass finis
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from sqlalchemy import Engine
 from posegen_common import checkpoint, keys
 from posegen_operator.builders import FINALIZER, GROUP, PLURAL, VERSION, build_event, build_worker_pod
 from posegen_operator.metrics import Metrics
+from posegen_operator.observe import ObjectCache
 from posegen_operator.planning import (
     AddFinalizer,
     DeletePod,
@@ -49,8 +51,10 @@ class Actor:
         engine: Engine,
         redis_client: redis.Redis,
         metrics: Metrics,
+        cache: ObjectCache,
     ) -> None:
         self.settings = settings
+        self.cache = cache
         self.core = kubernetes.client.CoreV1Api(api)
         self.custom = kubernetes.client.CustomObjectsApi(api)
         self.engine = engine
@@ -137,10 +141,15 @@ class Actor:
                 extra={"generation": action.generation_id, "attempt": attempt, "reason": str(action.reason)},
             )
         try:
-            self.core.create_namespaced_pod(action.key[0], pod, _request_timeout=REQUEST_TIMEOUT)
+            response = self.core.create_namespaced_pod(action.key[0], pod, _preload_content=False,
+                                                       _request_timeout=REQUEST_TIMEOUT)
         except ApiException as error:
             if error.status != 409:  # 409: an earlier pass already created it
                 raise
+        else:
+            # Seen at once by the next pass: the watch may deliver it later, and a pass that saw a
+            # new attempt without its pod would take the worker for gone.
+            self.cache.upsert("pods", json.loads(response.data))
         self.redis_quietly(lambda: self.redis.zrem(keys.QUEUE, action.generation_id))
         if action.reason is not None:
             log.info(

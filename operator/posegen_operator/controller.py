@@ -84,7 +84,7 @@ class Controller:
         self.elector = elector
         self.cache = cache or ObjectCache()
         self.observer = Observer(settings, engine, redis_client, self.cache)
-        self.actor = Actor(settings, api, engine, redis_client, metrics)
+        self.actor = Actor(settings, api, engine, redis_client, metrics, self.cache)
         self.config = PlanConfig(
             max_concurrent=settings.max_concurrent,
             heartbeat_ttl=settings.heartbeat_ttl,

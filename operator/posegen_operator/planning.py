@@ -242,7 +242,9 @@ def plan(observed: Observed, config: PlanConfig) -> Plan:
         decision = _decide(view, observed, config, result)
         if decision is not None:
             decisions.append(decision)
-    _admit(decisions, config, result)
+    # A deleted generation's worker still runs until it has stopped: it keeps its slot till then.
+    stopping = sum(1 for v in observed.generations if v.deleting and any(not p.terminated for p in v.pods))
+    _admit(decisions, config, result, busy=stopping)
     for decision in decisions:
         _finish(decision, observed, result)
     for generation_id in sorted(observed.orphan_row_ids):
@@ -297,18 +299,20 @@ def _decide(view: GenerationView, observed: Observed, config: PlanConfig, result
         return decision
 
     if view.suspend:
-        # Wait until the worker has really exited: its last pose may still be in flight.
+        # The row is suspended at once and the worker stopped gracefully: its pose in flight is still
+        # recorded (a suspended row accepts its current attempt's last pose) and then it exits. A
+        # resume claims a new attempt, which fences the old worker if it is somehow still running.
         stopping = [pod for pod in view.pods if not pod.terminated]
         _stop_workers(view, actions, grace=None)
         decision.phase = Phase.SUSPENDED
+        if row.status != GenerationStatus.SUSPENDED:
+            actions.append(SetRowStatus(view.key, row.id, GenerationStatus.SUSPENDED))
         if stopping:
             decision.holds_slot = True
             decision.message = f"stopping worker {stopping[0].name} at a checkpoint"
             result.due_in(1)
         else:
             decision.message = f"suspended at {row.poses_completed}/{row.total_expected_poses}; progress kept"
-            if row.status != GenerationStatus.SUSPENDED:
-                actions.append(SetRowStatus(view.key, row.id, GenerationStatus.SUSPENDED))
         return decision
 
     if row.status == GenerationStatus.PROCESSING and row.started_at is not None:
@@ -470,14 +474,16 @@ def _recover(
         )
         return
     wait = backoff_seconds(row.recoveries, config)
-    if row.last_recovery_at is not None:
-        wait -= (observed.db_now - row.last_recovery_at).total_seconds()
     decision.phase = Phase.RECOVERING
-    if wait > 0:
-        decision.recovery = Recovery(row.id, view.key, reason, detail, *progress, outcome="backoff")
-        decision.message = f"{reason}: {detail}; next attempt in {wait:.0f}s (backoff)"
-        result.due_in(wait)
-        return
+    if row.last_recovery_at is not None and wait > 0:
+        resume_at = row.last_recovery_at + dt.timedelta(seconds=wait)
+        remaining = (resume_at - observed.db_now).total_seconds()
+        if remaining > 0:
+            decision.recovery = Recovery(row.id, view.key, reason, detail, *progress, outcome="backoff")
+            # An absolute time keeps the message (and so the status) still while waiting.
+            decision.message = f"{reason}: {detail}; next attempt at {_timestamp(resume_at)} (backoff)"
+            result.due_in(remaining)
+            return
     decision.recovery = Recovery(row.id, view.key, reason, detail, *progress, outcome="recover")
     start = StartWorker(view.key, view.uid, row.id, row.attempt, reason, detail, *progress)
     decision.start = start
@@ -507,9 +513,9 @@ def _fail(decision: _Decision, actions: list[Action], reason: str, message: str)
     actions.append(SetRowStatus(view.key, row.id, GenerationStatus.FAILED, f"{reason}: {message}"))
 
 
-def _admit(decisions: list[_Decision], config: PlanConfig, result: Plan) -> None:
+def _admit(decisions: list[_Decision], config: PlanConfig, result: Plan, busy: int) -> None:
     """Start waiting generations in priority, then age, order while worker slots are free."""
-    busy = sum(1 for decision in decisions if decision.holds_slot)
+    busy += sum(1 for decision in decisions if decision.holds_slot)
     waiting = sorted(
         (d for d in decisions if d.wants_slot),
         key=lambda d: (-d.view.priority, d.view.created_at, d.view.namespace, d.view.name),

@@ -35,8 +35,11 @@ def test_fifty_poses_complete_once_each_with_images_on_disk(cluster: Cluster, na
     assert status["posesCompleted"] == 50
     assert status["progress"] == "50/50"
     assert status["recoveries"] == 0
-    rows = sql(cluster, "SELECT id, status, poses_completed, total_expected_poses, started_at "
-                        "FROM pose_generation WHERE id = %s", generation_id)
+    rows = sql(
+        cluster,
+        "SELECT id, status, poses_completed, total_expected_poses, started_at FROM pose_generation WHERE id = %s",
+        generation_id,
+    )
     assert rows[0][1:4] == ("completed", 50, 50)
     assert sql(cluster, "SELECT count(*) FROM generated_pose WHERE generation_id = %s", generation_id) == [(50,)]
     assert sql(cluster, SEED_DUPLICATE_QUERY) == []
@@ -53,8 +56,16 @@ def test_fifty_poses_complete_once_each_with_images_on_disk(cluster: Cluster, na
     assert row.split()[:5] == ["fifty", "Completed", "50/50", "0", status["workerPod"]]
     short = cluster.kubectl("-n", namespace, "get", "pgen", "-o", "name").stdout
     assert "posegeneration.posegen.io/fifty" in short
-    events = cluster.kubectl("-n", namespace, "get", "events", "--field-selector",
-                             "involvedObject.name=fifty", "-o", "jsonpath={.items[*].reason}").stdout.split()
+    events = cluster.kubectl(
+        "-n",
+        namespace,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=fifty",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ).stdout.split()
     assert "Started" in events and "Completed" in events
 
 
@@ -79,8 +90,9 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("change", "message"), INVALID, ids=[m for _, m in INVALID])
-def test_invalid_manifests_are_refused_at_apply(cluster: Cluster, namespace: str, change: dict[str, object],
-                                                message: str) -> None:
+def test_invalid_manifests_are_refused_at_apply(
+    cluster: Cluster, namespace: str, change: dict[str, object], message: str
+) -> None:
     manifest = generation_manifest("bad")
     for key, value in change.items():
         if value is None:
@@ -92,14 +104,18 @@ def test_invalid_manifests_are_refused_at_apply(cluster: Cluster, namespace: str
     assert message in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("projectId", "other", "projectId is immutable"),
-    ("variationCount", 11, "variationCount is immutable"),
-    ("textPrompt", "a person sitting", "textPrompt is immutable"),
-    ("seed", 7, "seed cannot be added or removed after creation"),
-])
-def test_the_work_cannot_be_changed_after_creation(cluster: Cluster, namespace: str, field: str, value: object,
-                                                   message: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("projectId", "other", "projectId is immutable"),
+        ("variationCount", 11, "variationCount is immutable"),
+        ("textPrompt", "a person sitting", "textPrompt is immutable"),
+        ("seed", 7, "seed cannot be added or removed after creation"),
+    ],
+)
+def test_the_work_cannot_be_changed_after_creation(
+    cluster: Cluster, namespace: str, field: str, value: object, message: str
+) -> None:
     manifest = generation_manifest("fixed", suspend=True)
     cluster.kubectl("-n", namespace, "apply", "-f", "-", stdin=json.dumps(manifest))
     manifest["spec"][field] = value
@@ -117,11 +133,11 @@ def test_generations_beyond_the_limit_wait_queued_and_all_complete(cluster: Clus
         for name in names:
             create_generation(cluster, namespace, name, variationCount=6)
 
-        def phases() -> list[str]:
-            return [status_of(cluster, namespace, n).get("phase", "") for n in names]
+        def five_queued() -> list[str] | None:
+            phases = [status_of(cluster, namespace, n).get("phase", "") for n in names]
+            return phases if phases.count("Queued") == 5 else None
 
-        seen = eventually(lambda: (lambda p: p if p.count("Queued") == 5 else None)(phases()), timeout=30,
-                          what="5 generations Queued")
+        seen = eventually(five_queued, timeout=30, what="5 generations Queued")
         assert seen.count("Processing") == limit
         for name in names:
             wait_for_phase(cluster, namespace, name, "Completed", timeout=120)
@@ -132,15 +148,19 @@ def test_generations_beyond_the_limit_wait_queued_and_all_complete(cluster: Clus
 
 def test_deleting_a_running_generation_cancels_it_and_keeps_its_poses(cluster: Cluster, namespace: str) -> None:
     create_generation(cluster, namespace, "doomed", variationCount=400)
-    status = wait_for_status(cluster, namespace, "doomed", lambda s: s.get("posesCompleted", 0) >= 3,
-                             what="3 poses")
+    status = wait_for_status(cluster, namespace, "doomed", lambda s: s.get("posesCompleted", 0) >= 3, what="3 poses")
     pid = cluster.pod_pid(namespace, status["workerPod"])
     started = time.monotonic()
     cluster.kubectl("-n", namespace, "delete", "posegeneration", "doomed", "--wait=false")
     eventually(lambda: not Path(f"/proc/{pid}").exists(), timeout=15, what="the worker to stop")
     assert time.monotonic() - started < 10 + 5, "within the worker's grace period"
-    eventually(lambda: not cluster.custom.list_namespaced_custom_object(
-        "posegen.io", "v1", namespace, "posegenerations")["items"], timeout=30, what="the resource to go")
+    eventually(
+        lambda: (
+            not cluster.custom.list_namespaced_custom_object("posegen.io", "v1", namespace, "posegenerations")["items"]
+        ),
+        timeout=30,
+        what="the resource to go",
+    )
     row = sql(cluster, "SELECT status, poses_completed FROM pose_generation WHERE id = %s", status["generationId"])
     assert row[0][0] == "cancelled"
     kept = sql(cluster, "SELECT count(*) FROM generated_pose WHERE generation_id = %s", status["generationId"])
@@ -150,20 +170,24 @@ def test_deleting_a_running_generation_cancels_it_and_keeps_its_poses(cluster: C
 
 def test_suspend_then_resume_completes_without_redoing_poses(cluster: Cluster, namespace: str) -> None:
     create_generation(cluster, namespace, "pausable", variationCount=40)
-    first = wait_for_status(cluster, namespace, "pausable", lambda s: s.get("posesCompleted", 0) >= 5,
-                            what="5 poses")["workerPod"]
+    first = wait_for_status(cluster, namespace, "pausable", lambda s: s.get("posesCompleted", 0) >= 5, what="5 poses")[
+        "workerPod"
+    ]
     patch_spec(cluster, namespace, "pausable", suspend=True)
     suspended = wait_for_phase(cluster, namespace, "pausable", "Suspended")
-    wait_for_status(cluster, namespace, "pausable", lambda s: "suspended at" in s.get("message", ""),
-                    what="the worker to stop")
+    wait_for_status(
+        cluster, namespace, "pausable", lambda s: "suspended at" in s.get("message", ""), what="the worker to stop"
+    )
     kept = status_of(cluster, namespace, "pausable")["posesCompleted"]
     assert kept < 40
     patch_spec(cluster, namespace, "pausable", suspend=False)
     final = wait_for_phase(cluster, namespace, "pausable", "Completed", timeout=90)
     assert final["posesCompleted"] == 40
     assert final["workerPod"] != first and final["recoveries"] == 0
-    recorded = sum(len(re.findall(r"pose \d+/40 recorded", worker_log(cluster, namespace, pod)))
-                   for pod in (first, final["workerPod"]))
+    recorded = sum(
+        len(re.findall(r"pose \d+/40 recorded", worker_log(cluster, namespace, pod)))
+        for pod in (first, final["workerPod"])
+    )
     assert recorded == 40, "every pose was computed and recorded exactly once"
     assert "RECOVERY MODE" in worker_log(cluster, namespace, final["workerPod"])
     assert suspended["generationId"] == final["generationId"]

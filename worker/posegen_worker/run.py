@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from posegen_common import checkpoint
-from posegen_common.checkpoint import Checkpoint, RecordedPose, Superseded
+from posegen_common.checkpoint import Checkpoint, PoseRecorded, RecordedPose, Superseded
 from posegen_common.database import create_db_engine
 from posegen_common.schema import pose_key, reference_for
 from posegen_worker.generators import (
@@ -31,6 +31,7 @@ from posegen_worker.generators import (
     PermanentGenerationError,
     PoseRequest,
     TransientGenerationError,
+    UpstreamRefusedError,
     build_generator,
 )
 from posegen_worker.heartbeat import Heartbeat
@@ -93,10 +94,13 @@ class Worker:
                     return ExitCode.OK
                 if index in done:
                     continue
-                completed = self._produce(job, index)
+                recorded = self._produce(job, index)
                 done.add(index)
-                heartbeat.beat(completed)
-                log.info("pose %d/%d recorded (index %d)", completed, total, index)
+                heartbeat.beat(recorded.poses_completed)
+                log.info("pose %d/%d recorded (index %d)", recorded.poses_completed, total, index)
+                if not recorded.keep_going and len(done) < total:
+                    log.info("suspended: stopping at checkpoint %d/%d", recorded.poses_completed, total)
+                    return ExitCode.OK
             log.info("generation %s completed: %d/%d poses", spec.id, len(done), total)
             return ExitCode.OK
         except Superseded as superseded:
@@ -104,8 +108,7 @@ class Worker:
             return ExitCode.SUPERSEDED
         except PermanentGenerationError as error:
             log.error("permanent failure: %s", error)
-            upstream = "refused" in str(error).lower() or "upstream" in str(error).lower()
-            return ExitCode.UPSTREAM_REFUSED if upstream else ExitCode.BAD_INPUT
+            return ExitCode.UPSTREAM_REFUSED if isinstance(error, UpstreamRefusedError) else ExitCode.BAD_INPUT
         except TransientGenerationError as error:
             log.error("generator unavailable, exiting for a recovery: %s", error)
             return ExitCode.FAILED
@@ -116,7 +119,7 @@ class Worker:
         with self.engine.begin() as conn:
             return checkpoint.load_checkpoint(conn, self.settings.generation_id, self.settings.attempt)
 
-    def _produce(self, job: Checkpoint, index: int) -> int:
+    def _produce(self, job: Checkpoint, index: int) -> PoseRecorded:
         spec = job.spec
         reference = reference_for(spec.pose_library_ids, index)
         request = PoseRequest(
@@ -138,7 +141,7 @@ class Worker:
             base_pose=generated.base_pose,
         )
 
-        def record() -> int:
+        def record() -> PoseRecorded:
             with self.engine.begin() as conn:
                 return checkpoint.record_pose(conn, spec.id, self.settings.attempt, recorded)
 

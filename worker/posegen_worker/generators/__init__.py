@@ -48,6 +48,10 @@ class PermanentGenerationError(GenerationError):
     """Retrying will not help: bad prompt, upstream refused (4xx other than 429), malformed data."""
 
 
+class UpstreamRefusedError(PermanentGenerationError):
+    """The image API refused the request (4xx other than 429, or content moderation)."""
+
+
 class TransientGenerationError(GenerationError):
     """Retries were exhausted on throttling, server errors, timeouts or connection errors."""
 

@@ -24,6 +24,7 @@ from posegen_worker.generators import (
     PermanentGenerationError,
     PoseRequest,
     TransientGenerationError,
+    UpstreamRefusedError,
 )
 from posegen_worker.generators.embedded import skeleton_for
 
@@ -213,7 +214,7 @@ class FluxGenerator:
             if sample is not None:
                 return sample
             if status in _REFUSED_STATUSES:
-                raise PermanentGenerationError(f"FLUX refused task {task_id}: {status}")
+                raise UpstreamRefusedError(f"FLUX refused task {task_id}: {status}")
             if status in _FAILED_STATUSES:
                 raise TransientGenerationError(f"FLUX task {task_id} failed: {status}")
             if self._clock() + self._poll_interval > deadline:
@@ -280,7 +281,7 @@ class FluxGenerator:
                         failure, malformed = f"HTTP {status}", False
                         delay = _retry_after(response.headers.get("Retry-After"), self._retry_after_max)
                     elif not 200 <= status < 300:
-                        raise PermanentGenerationError(f"FLUX {step} refused with HTTP {status} {response.reason}")
+                        raise UpstreamRefusedError(f"FLUX {step} refused with HTTP {status} {response.reason}")
                     else:
                         return parse(_read_body(response, limit))
             except _MalformedReplyError as exc:
