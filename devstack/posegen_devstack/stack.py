@@ -494,6 +494,7 @@ class Stack:
             "POSEGEN_LEASE_NAMESPACE": "default",
             "POSEGEN_IDENTITY": "local-operator",
             "POSEGEN_POSE_SECONDS": "0.6",
+            "POSEGEN_STATUS_INTERVAL_SECONDS": "1",
         }
         env.update(self.operator_env)
         env.update(overrides)

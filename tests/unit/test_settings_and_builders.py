@@ -1,0 +1,114 @@
+"""Settings fail fast with the variable named; worker pods are plain dicts, checked as such."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from posegen_operator.builders import FINALIZER, build_event, build_worker_pod
+from posegen_operator.settings import Settings, SettingsError
+from posegen_worker.settings import SettingsError as WorkerSettingsError
+from posegen_worker.settings import WorkerSettings
+
+BASE_ENV = {"DATABASE_URL": "postgresql://db/posegen", "REDIS_URL": "redis://r/0", "POSEGEN_ADMIN_TOKEN": "t0ken"}
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env({**BASE_ENV, **env})
+
+
+def test_defaults_follow_the_seed_and_the_issue() -> None:
+    s = settings()
+    assert (s.deadline, s.max_recoveries, s.sweep_interval, s.heartbeat_ttl) == (7200, 5, 10, 15)
+    assert s.namespaces == () and s.leader_election and s.worker.generator == "embedded"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DATABASE_URL": ""}, "DATABASE_URL must be set"),
+        ({"POSEGEN_MAX_CONCURRENT": "0"}, "POSEGEN_MAX_CONCURRENT must be between 1"),
+        ({"POSEGEN_MAX_CONCURRENT": "many"}, "POSEGEN_MAX_CONCURRENT must be a number"),
+        ({"POSEGEN_MAX_RECOVERIES": "2.5"}, "must be a whole number"),
+        ({"POSEGEN_LEADER_ELECTION": "maybe"}, "POSEGEN_LEADER_ELECTION must be true or false"),
+        ({"POSEGEN_GENERATOR": "dalle"}, "POSEGEN_GENERATOR must be one of embedded, flux"),
+        ({"POSEGEN_GENERATOR": "flux"}, "FLUX_API_URL must be set"),
+        ({"POSEGEN_WORKER_RESOURCES": "[1]"}, "POSEGEN_WORKER_RESOURCES must be a JSON dict"),
+        ({"POSEGEN_WORKER_TOLERATIONS": "{oops"}, "POSEGEN_WORKER_TOLERATIONS must be JSON"),
+        ({"POSEGEN_OUTPUT_HOST_PATH": "/a", "POSEGEN_OUTPUT_CLAIM": "b"}, "set only one of"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        settings(**env)
+
+
+def test_worker_settings_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {**BASE_ENV, "POSEGEN_GENERATION_ID": "g", "POSEGEN_OUTPUT_DIR": "/o"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("POSEGEN_ATTEMPT", "two")
+    with pytest.raises(WorkerSettingsError, match="POSEGEN_ATTEMPT must be a positive integer"):
+        WorkerSettings.from_env()
+    monkeypatch.setenv("POSEGEN_ATTEMPT", "2")
+    monkeypatch.setenv("POSEGEN_HEARTBEAT_TTL_SECONDS", "2")
+    monkeypatch.setenv("POSEGEN_HEARTBEAT_INTERVAL_SECONDS", "3")
+    with pytest.raises(WorkerSettingsError, match="below the heartbeat TTL"):
+        WorkerSettings.from_env()
+
+
+def test_worker_pod_is_owned_fenced_and_least_privileged() -> None:
+    pod = build_worker_pod("ns", "demo", "uid-1", "gen-1", 3, settings(POSEGEN_OUTPUT_CLAIM="outputs"))
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["name"] == "demo-w3" and meta["namespace"] == "ns"
+    assert meta["labels"]["posegen.io/attempt"] == "3" and meta["labels"]["posegen.io/generation"] == "demo"
+    (owner,) = meta["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "PoseGeneration",
+        "demo",
+        "uid-1",
+        True,
+    )
+    assert spec["restartPolicy"] == "Never", "restarts are new attempts, decided by the operator"
+    assert spec["automountServiceAccountToken"] is False
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["POSEGEN_GENERATION_ID"], env["POSEGEN_ATTEMPT"]) == ("gen-1", "3")
+    assert env["DATABASE_URL"] == BASE_ENV["DATABASE_URL"], "no worker Secret configured: dev mode values"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["volumes"] == [{"name": "outputs", "persistentVolumeClaim": {"claimName": "outputs"}}]
+
+
+def test_worker_pod_takes_connection_urls_from_a_secret_when_configured() -> None:
+    pod = build_worker_pod("ns", "demo", "uid-1", "gen-1", 1, settings(POSEGEN_WORKER_SECRET="posegen-worker"))
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in pod["spec"]["containers"][0]["env"]
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+    }
+    assert refs["DATABASE_URL"] == {"name": "posegen-worker", "key": "database-url", "optional": False}
+    assert refs["FLUX_API_KEY"]["optional"] is True
+    assert all(e.get("value") != BASE_ENV["DATABASE_URL"] for e in pod["spec"]["containers"][0]["env"])
+
+
+def test_events_point_at_their_generation() -> None:
+    event = build_event(
+        "ns",
+        "demo",
+        "uid-1",
+        "Warning",
+        "Crashed",
+        "x" * 2000,
+        instance="op-1",
+        now=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+    )
+    assert event["involvedObject"] == {
+        "apiVersion": "posegen.io/v1",
+        "kind": "PoseGeneration",
+        "name": "demo",
+        "namespace": "ns",
+        "uid": "uid-1",
+    }
+    assert len(event["message"]) == 1024 and event["firstTimestamp"] == "2026-01-02T03:04:05Z"
+    assert FINALIZER.startswith("posegen.io/")
