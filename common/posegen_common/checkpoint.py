@@ -56,6 +56,7 @@ class GenerationState:
     total_expected_poses: int
     recoveries: int
     attempt_reason: str | None
+    worker_started_at: dt.datetime | None
     last_recovery_reason: str | None
     last_recovery_at: dt.datetime | None
     started_at: dt.datetime | None
@@ -100,6 +101,7 @@ _STATE_COLUMNS = (
     generation.c.total_expected_poses,
     generation.c.recoveries,
     generation.c.attempt_reason,
+    generation.c.worker_started_at,
     generation.c.last_recovery_reason,
     generation.c.last_recovery_at,
     generation.c.started_at,
@@ -162,6 +164,7 @@ def begin_attempt(
         "last_pose_at": func.now(),
         "error_message": None,
         "attempt_reason": recovery_reason,
+        "worker_started_at": None,
     }
     if recovery_reason is not None:
         values |= {
@@ -222,11 +225,27 @@ def status_summary(conn: Connection, stall_timeout: float) -> dict[str, Any]:
 
 # ---- worker side --------------------------------------------------------------------------------
 def load_checkpoint(conn: Connection, generation_id: str, attempt: int) -> Checkpoint:
-    row = conn.execute(select(generation).where(generation.c.id == generation_id)).one_or_none()
+    """The worker's start: check its attempt is current and say so (``worker_started_at``: from
+    now on its heartbeat is expected), then read what is already done."""
+    row = conn.execute(
+        update(generation)
+        .where(
+            generation.c.id == generation_id,
+            generation.c.attempt == attempt,
+            generation.c.status == GenerationStatus.PROCESSING,
+        )
+        .values(worker_started_at=func.now())
+        .returning(*generation.c)
+    ).one_or_none()
     if row is None:
-        raise Superseded(f"generation {generation_id} does not exist")
-    if row.attempt != attempt or row.status != GenerationStatus.PROCESSING:
-        raise Superseded(f"generation {generation_id} is at attempt {row.attempt} ({row.status}), not {attempt}")
+        current = conn.execute(
+            select(generation.c.attempt, generation.c.status).where(generation.c.id == generation_id)
+        ).one_or_none()
+        if current is None:
+            raise Superseded(f"generation {generation_id} does not exist")
+        raise Superseded(
+            f"generation {generation_id} is at attempt {current.attempt} ({current.status}), not {attempt}"
+        )
     spec = GenerationSpec(
         id=row.id,
         namespace=row.namespace,

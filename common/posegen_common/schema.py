@@ -64,6 +64,8 @@ class PoseGenerationRow(Base):
     recoveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Why the current attempt started: a recovery reason, or NULL for a first start or a resume.
     attempt_reason: Mapped[str | None] = mapped_column(String(32))
+    # Set by the current attempt's worker when it starts: from then on its heartbeat is expected.
+    worker_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_recovery_reason: Mapped[str | None] = mapped_column(String(32))
     last_recovery_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -141,8 +141,9 @@ class Actor:
                 extra={"generation": action.generation_id, "attempt": attempt, "reason": str(action.reason)},
             )
         try:
-            response = self.core.create_namespaced_pod(action.key[0], pod, _preload_content=False,
-                                                       _request_timeout=REQUEST_TIMEOUT)
+            response = self.core.create_namespaced_pod(
+                action.key[0], pod, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as error:
             if error.status != 409:  # 409: an earlier pass already created it
                 raise

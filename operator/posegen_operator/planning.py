@@ -263,6 +263,7 @@ def _fresh_row(spec: GenerationSpec) -> GenerationState:
         total_expected_poses=spec.total_expected_poses,
         recoveries=0,
         attempt_reason=None,
+        worker_started_at=None,
         last_recovery_reason=None,
         last_recovery_at=None,
         started_at=None,
@@ -393,10 +394,15 @@ def _check_worker(
         )
         if current.phase != "Running":
             return
-        running = (observed.now - current.running_since).total_seconds() if current.running_since else 0.0
-        patience = config.heartbeat_ttl if view.manual_check else config.heartbeat_ttl + config.worker_startup_grace
         if not heartbeat_ok and observed.heartbeats_trustworthy:
-            if running > patience:
+            if row.worker_started_at is not None:
+                # The worker reported in, so it has been heartbeating: silence past one TTL is a hang.
+                waited = (observed.db_now - row.worker_started_at).total_seconds()
+                patience = config.heartbeat_ttl
+            else:
+                waited = (observed.now - current.running_since).total_seconds() if current.running_since else 0.0
+                patience = config.heartbeat_ttl + (0 if view.manual_check else config.worker_startup_grace)
+            if waited > patience:
                 reason = Reason.MANUAL if view.manual_check else Reason.HUNG
                 _recover(
                     decision,
@@ -408,7 +414,7 @@ def _check_worker(
                     result,
                 )
                 return
-            result.due_in(patience - running)
+            result.due_in(patience - waited)
         quiet = (observed.db_now - row.last_pose_at).total_seconds() if row.last_pose_at else 0.0
         if quiet > view.policy.stall_timeout:
             _recover(

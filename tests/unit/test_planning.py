@@ -457,6 +457,24 @@ def test_running_worker_without_heartbeat_within_startup_grace_is_given_time() -
     assert result.retry_after == pytest.approx(30)  # 90 - 60: when the hang check is due
 
 
+def test_a_worker_that_reported_in_gets_no_startup_grace_only_one_ttl() -> None:
+    reported = dataclasses.replace(silent(running_for=40), row=row("a", worker_started_at=ago(31, DB_NOW)))
+
+    result = run(reported)
+
+    assert [r.reason for r in result.recoveries] == [Reason.HUNG]
+    assert len(of_type(result, StartWorker)) == 1
+
+
+def test_a_worker_that_just_reported_in_has_one_ttl_to_heartbeat() -> None:
+    reported = dataclasses.replace(silent(running_for=40), row=row("a", worker_started_at=ago(10, DB_NOW)))
+
+    result = run(reported)
+
+    assert result.recoveries == []
+    assert result.retry_after == pytest.approx(20)  # 30 s TTL - 10 s since it reported in
+
+
 def test_no_hang_is_declared_while_heartbeats_are_untrustworthy() -> None:
     view = silent(running_for=3600 - 200)
 

@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("recoveries", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("attempt_reason", sa.String(32)),
+        sa.Column("worker_started_at", sa.DateTime(timezone=True)),
         sa.Column("last_recovery_reason", sa.String(32)),
         sa.Column("last_recovery_at", sa.DateTime(timezone=True)),
         sa.Column("started_at", sa.DateTime(timezone=True)),
