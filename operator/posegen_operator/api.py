@@ -16,6 +16,7 @@ from typing import Any
 
 import kubernetes
 import redis
+import requests
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 from sqlalchemy import Engine, text
@@ -129,15 +130,13 @@ async def recovery_status(context: ApiContext, _request: web.Request) -> web.Res
     return web.json_response(body)
 
 
-async def recovery_trigger(context: ApiContext, _request: web.Request) -> web.Response:
-    if not context.controller.elector.is_leader:
+async def recovery_trigger(context: ApiContext, request: web.Request) -> web.Response:
+    elector = context.controller.elector
+    if not elector.is_leader:
+        if elector.leader_url and elector.leader_url != elector.advertise_url:
+            return await asyncio.to_thread(_forward_trigger, elector.leader_url, request.headers["Authorization"])
         return web.json_response(
-            {
-                "success": False,
-                "recovered": 0,
-                "failed": 0,
-                "error": "this replica is on standby; retry to reach the active one",
-            },
+            {"success": False, "recovered": 0, "failed": 0, "error": "no active replica yet; retry"},
             status=503,
             headers={"Retry-After": "2"},
         )
@@ -146,6 +145,22 @@ async def recovery_trigger(context: ApiContext, _request: web.Request) -> web.Re
     return web.json_response(
         {"success": result.success, "recovered": result.recovered, "failed": result.failed}, status=status
     )
+
+
+def _forward_trigger(leader_url: str, authorization: str) -> web.Response:
+    """A standby hands the trigger to the active replica, so a Service may route to either."""
+    try:
+        answer = requests.post(
+            f"{leader_url}{BASE}/recovery/trigger", headers={"Authorization": authorization}, timeout=(3, 40)
+        )
+        return web.json_response(answer.json(), status=answer.status_code)
+    except (requests.RequestException, ValueError) as error:
+        log.warning("could not reach the active replica at %s: %s", leader_url, type(error).__name__)
+        return web.json_response(
+            {"success": False, "recovered": 0, "failed": 0, "error": "the active replica is unreachable; retry"},
+            status=503,
+            headers={"Retry-After": "2"},
+        )
 
 
 async def health(context: ApiContext, _request: web.Request) -> web.Response:

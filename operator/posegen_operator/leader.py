@@ -14,6 +14,8 @@ from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("posegen.operator")
 REQUEST_TIMEOUT = (3, 5)
+# Where the holder serves its admin API: a standby forwards the recovery trigger there.
+API_URL_ANNOTATION = "posegen.io/api-url"
 
 
 def _now() -> dt.datetime:
@@ -35,8 +37,11 @@ class LeaderElector:
         lease_seconds: float = 15,
         renew_seconds: float = 5,
         enabled: bool = True,
+        advertise_url: str | None = None,
     ) -> None:
         self.coordination = kubernetes.client.CoordinationV1Api(api) if enabled else None
+        self.advertise_url = advertise_url
+        self.leader_url: str | None = None  # the active replica's admin API, as its lease says
         self.name, self.namespace, self.identity = name, namespace, identity
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
         self._held_until = 0.0  # monotonic: when our last successful renewal expires
@@ -93,7 +98,10 @@ class LeaderElector:
         except ApiException as error:
             if error.status != 404:
                 raise
-            body = {"metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(now, 0, now)}
+            body = {
+                "metadata": {"name": self.name, "namespace": self.namespace, "annotations": self._annotations({})},
+                "spec": self._spec(now, 0, now),
+            }
             try:
                 self.coordination.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
             except ApiException as conflict:
@@ -107,10 +115,12 @@ class LeaderElector:
         duration = spec.lease_duration_seconds or self.lease_seconds
         expired = renewed is None or (now - renewed).total_seconds() > duration
         if holder and holder != self.identity and not expired:
+            self.leader_url = (lease.metadata.annotations or {}).get(API_URL_ANNOTATION)
             return False
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
         acquired = spec.acquire_time if holder == self.identity and spec.acquire_time else now
         lease.spec = self._spec(now, transitions, acquired)
+        lease.metadata.annotations = self._annotations(lease.metadata.annotations or {})
         try:
             # replace carries the resourceVersion we read: a concurrent writer makes this fail (409).
             self.coordination.replace_namespaced_lease(
@@ -121,6 +131,11 @@ class LeaderElector:
                 return False
             raise
         return True
+
+    def _annotations(self, existing: dict[str, str]) -> dict[str, str]:
+        if self.advertise_url is None:
+            return existing
+        return {**existing, API_URL_ANNOTATION: self.advertise_url}
 
     def _spec(self, now: dt.datetime, transitions: int, acquired: dt.datetime) -> dict[str, object]:
         return {

@@ -55,6 +55,7 @@ class Runtime:
             namespace=settings.lease_namespace,
             identity=settings.identity,
             enabled=settings.leader_election,
+            advertise_url=settings.advertise_url,
         )
         controller = Controller(settings, api, engine, redis_client, metrics, elector)
         return cls(settings, engine, redis_client, api, metrics, controller)
