@@ -25,8 +25,10 @@ def progress_line(elapsed: float, status: dict[str, Any]) -> str:
     done, total = status.get("posesCompleted", 0), status.get("totalExpectedPoses") or 0
     filled = int(BAR * done / total) if total else 0
     bar = "█" * filled + "░" * (BAR - filled)
-    return (f"[{elapsed:5.1f}s] {status.get('phase', 'Pending'):<11} {bar} {done:>3}/{total:<3} "
-            f"recoveries {status.get('recoveries', 0)}  worker {status.get('workerPod') or '-'}")
+    return (
+        f"[{elapsed:5.1f}s] {status.get('phase', 'Pending'):<11} {bar} {done:>3}/{total:<3} "
+        f"recoveries {status.get('recoveries', 0)}  worker {status.get('workerPod') or '-'}"
+    )
 
 
 def run(state_dir: Path, timeout: float) -> int:
@@ -47,8 +49,10 @@ def run(state_dir: Path, timeout: float) -> int:
             raise
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
     spec = manifest["spec"]
-    print(f"Submitted PoseGeneration {namespace}/{name}: {spec['variationCount']} poses of "
-          f"\"{spec['textPrompt']}\"  (kubectl apply -f {EXAMPLE.relative_to(REPO_ROOT)})")
+    print(
+        f"Submitted PoseGeneration {namespace}/{name}: {spec['variationCount']} poses of "
+        f'"{spec["textPrompt"]}"  (kubectl apply -f {EXAMPLE.relative_to(REPO_ROOT)})'
+    )
     print("Watching it (Ctrl-C stops watching, not the generation). Try the seed's kill test meanwhile:")
     print(f"  kill -9 $(cat {stack.state_dir / 'node' / namespace}/<worker>.pid)\n")
 
@@ -75,7 +79,7 @@ def run(state_dir: Path, timeout: float) -> int:
     images = output_directory(stack.output_dir, namespace, name, status["generationId"])
     pngs = sorted(images.glob("pose-*.png"))
     print(f"""
-Completed: {status['posesCompleted']}/{status['totalExpectedPoses']} poses, {status.get('recoveries', 0)} recoveries.
+Completed: {status["posesCompleted"]}/{status["totalExpectedPoses"]} poses, {status.get("recoveries", 0)} recoveries.
 
 Images: {images}/
   {len(pngs)} PNG files (pose-0000.png ... ) with their COCO-17 keypoints beside them (pose-0000.json)
@@ -87,8 +91,8 @@ Try next (after `. {stack.env_file}`):
   curl -s $POSEGEN_API_URL/api/apps/pose-generator/recovery/status -H "Authorization: Bearer $POSEGEN_ADMIN_TOKEN"
   curl -s $POSEGEN_API_URL/api/apps/pose-generator/health
   psql $DATABASE_URL -c "SELECT id, status, poses_completed, total_expected_poses, started_at
-                         FROM pose_generation WHERE id = '{status['generationId']}'"
-  grep -i recovery {stack.log('operator')}
+                         FROM pose_generation WHERE id = '{status["generationId"]}'"
+  grep -i recovery {stack.log("operator")}
   make down                                        # stop everything
 (POSEGEN_API_URL and POSEGEN_ADMIN_TOKEN come from {stack.env_file}.)""")
     return 0
