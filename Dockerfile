@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# The operator image: `python -m posegen_operator` (the chart's migration Job runs
-# `python -m posegen_common.database` from it too). Build from the repository root:
-#   docker build -f operator/Dockerfile -t ghcr.io/posegen/posegen-operator:0.1.0 .
+# One build, two images (the operator and the worker share every dependency and the data contract):
+#   docker build --target operator -t ghcr.io/posegen/posegen-operator:0.1.0 .
+#   docker build --target worker   -t ghcr.io/posegen/posegen-worker:0.1.0 .
+# The chart's migration Job runs `python -m posegen_common.database` from the operator image.
 # The base is pinned to a patch release; pin its digest too (python:3.11.11-slim-bookworm@sha256:…)
 # in your registry mirror for byte-for-byte reproducible builds.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
@@ -22,10 +23,8 @@ RUN /opt/posegen/bin/pip install --no-cache-dir . \
  && /opt/posegen/bin/python -m compileall -q /opt/posegen/lib
 
 # ---- runtime: the virtualenv only; no compilers, no pip in it, no source tree --------------------
-FROM ${PYTHON_IMAGE}
-LABEL org.opencontainers.image.title="posegen-operator" \
-      org.opencontainers.image.description="PoseGen Operator: PoseGeneration controller with checkpoint recovery" \
-      org.opencontainers.image.source="https://github.com/posegen/posegen-operator" \
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.source="https://github.com/posegen/posegen-operator" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 posegen \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
@@ -37,6 +36,22 @@ ENV PATH=/opt/posegen/bin:$PATH \
 # Numeric user: Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /tmp
+
+FROM runtime AS worker
+LABEL org.opencontainers.image.title="posegen-worker" \
+      org.opencontainers.image.description="PoseGen worker: renders poses, checkpoints each one, heartbeats"
+USER 0
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/posegen/outputs
+USER 10001:10001
+ENV POSEGEN_OUTPUT_DIR=/var/lib/posegen/outputs
+# The operator mounts the output volume here (POSEGEN_OUTPUT_MOUNT_PATH).
+VOLUME ["/var/lib/posegen/outputs"]
+CMD ["python", "-m", "posegen_worker"]
+
+# Last, so a plain `docker build .` gives the operator.
+FROM runtime AS operator
+LABEL org.opencontainers.image.title="posegen-operator" \
+      org.opencontainers.image.description="PoseGen Operator: PoseGeneration controller with checkpoint recovery"
 # admin API (and /readyz), kopf liveness (/healthz), Prometheus metrics
 EXPOSE 8080 8081 9090
 CMD ["python", "-m", "posegen_operator"]
