@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import kubernetes
 import psycopg2
+import requests
 
 from posegen_devstack.stack import Stack
 
@@ -188,3 +189,24 @@ HAVING COUNT(*) > 1
 def worker_log(cluster: Cluster, namespace: str, pod: str) -> str:
     path = cluster.node_file(namespace, pod, "log")
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+SEED_API = "/api/apps/pose-generator"
+
+
+def seed_api(
+    cluster: Cluster,
+    method: str,
+    path: str,
+    *,
+    token: str | None = "",
+    base_url: str | None = None,
+    timeout: float = 30,
+    **kwargs: Any,
+) -> requests.Response:
+    """Call the seed's API: with the admin token by default, a given one, or none (token=None)."""
+    headers = {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token or cluster.stack.config.admin_token}"
+    url = f"{base_url or cluster.stack.api_url}{SEED_API}{path}"
+    return requests.request(method, url, headers=headers, timeout=timeout, **kwargs)

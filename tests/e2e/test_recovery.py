@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from posegen_devstack.processes import free_port
 from tests.harness import (
@@ -18,6 +17,7 @@ from tests.harness import (
     Cluster,
     create_generation,
     eventually,
+    seed_api,
     sql,
     status_of,
     wait_for_phase,
@@ -26,17 +26,6 @@ from tests.harness import (
 )
 
 pytestmark = pytest.mark.e2e
-BASE = "/api/apps/pose-generator"
-
-
-def admin(cluster: Cluster, method: str, path: str, **kwargs: object) -> requests.Response:
-    return requests.request(
-        method,
-        f"{cluster.stack.api_url}{BASE}{path}",
-        timeout=30,
-        headers={"Authorization": f"Bearer {cluster.stack.config.admin_token}"},
-        **kwargs,
-    )  # type: ignore[arg-type]
 
 
 def poses_of(cluster: Cluster, generation_id: str) -> list[tuple[int, int]]:
@@ -73,7 +62,7 @@ def slow_poses(cluster: Cluster) -> Iterator[None]:
 @pytest.mark.usefixtures("slow_poses")
 def test_the_seeds_recovery_test_kill_9_resumes_from_the_checkpoint(cluster: Cluster, namespace: str) -> None:
     # 1. Start a generation, through the seed's API.
-    response = admin(
+    response = seed_api(
         cluster,
         "POST",
         "/generate",
@@ -207,7 +196,7 @@ def test_health_reports_a_dependency_down_with_503(cluster: Cluster) -> None:
     pid_file = cluster.stack.run_dir / "redis.pid"
     os.kill(int(pid_file.read_text()), signal.SIGSTOP)
     try:
-        response = requests.get(f"{cluster.stack.api_url}{BASE}/health", timeout=30)
+        response = seed_api(cluster, "GET", "/health", token=None)
         assert response.status_code == 503
         body = response.json()
         assert body["status"] == "unhealthy" and body["checks"]["redis"]["status"] == "disconnected"
@@ -283,10 +272,8 @@ def test_two_replicas_never_both_act_and_the_standby_takes_over(cluster: Cluster
         standby_log = cluster.stack.log("operator-b")
         assert "became the active replica" not in standby_log.read_text()
         # The standby does not act, but hands the trigger to the active replica (a Service may route either way).
-        forwarded = requests.post(
-            f"http://127.0.0.1:{standby_api}{BASE}/recovery/trigger",
-            timeout=60,
-            headers={"Authorization": f"Bearer {cluster.stack.config.admin_token}"},
+        forwarded = seed_api(
+            cluster, "POST", "/recovery/trigger", base_url=f"http://127.0.0.1:{standby_api}", timeout=60
         )
         assert forwarded.status_code == 200 and forwarded.json()["success"] is True
         assert "trigger: manual" not in standby_log.read_text()

@@ -5,23 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import requests
 
-from tests.harness import Cluster, get_generation, wait_for_phase
+from tests.harness import Cluster, get_generation, seed_api, wait_for_phase
 
 pytestmark = pytest.mark.integration
-BASE = "/api/apps/pose-generator"
-
-
-def call(cluster: Cluster, method: str, path: str, *, token: str | None = "", **kwargs: Any) -> requests.Response:
-    headers = {}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token or cluster.stack.config.admin_token}"
-    return requests.request(method, f"{cluster.stack.api_url}{BASE}{path}", headers=headers, timeout=30, **kwargs)
 
 
 def test_health_has_the_seed_shape(cluster: Cluster) -> None:
-    response = call(cluster, "GET", "/health", token=None)
+    response = seed_api(cluster, "GET", "/health", token=None)
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy"
@@ -36,28 +27,28 @@ def test_health_has_the_seed_shape(cluster: Cluster) -> None:
 )
 @pytest.mark.parametrize("token", [None, "wrong-token", "Bearer"])
 def test_admin_endpoints_refuse_without_the_token(cluster: Cluster, method: str, path: str, token: str | None) -> None:
-    response = call(cluster, method, path, token=token, json={"projectId": "x"})
+    response = seed_api(cluster, method, path, token=token, json={"projectId": "x"})
     assert response.status_code == 401
     assert response.json() == {"error": "unauthorized"}
     assert cluster.stack.config.admin_token not in response.text
 
 
 def test_recovery_status_and_trigger_answer_with_the_seed_fields(cluster: Cluster) -> None:
-    status = call(cluster, "GET", "/recovery/status")
+    status = seed_api(cluster, "GET", "/recovery/status")
     assert status.status_code == 200
     assert set(status.json()) == {"stalledGenerations", "queuedGenerations", "processingGenerations", "lastRecoveryRun"}
     assert all(
         isinstance(status.json()[k], int) for k in ("stalledGenerations", "queuedGenerations", "processingGenerations")
     )
-    trigger = call(cluster, "POST", "/recovery/trigger")
+    trigger = seed_api(cluster, "POST", "/recovery/trigger")
     assert trigger.status_code == 200
     assert trigger.json() == {"success": True, "recovered": 0, "failed": 0}
-    after = call(cluster, "GET", "/recovery/status").json()
+    after = seed_api(cluster, "GET", "/recovery/status").json()
     assert after["lastRecoveryRun"] is not None and after["lastRecoveryRun"].endswith("Z")
 
 
 def test_generate_creates_a_posegeneration_that_completes(cluster: Cluster, namespace: str) -> None:
-    response = call(
+    response = seed_api(
         cluster,
         "POST",
         "/generate",
@@ -98,10 +89,10 @@ def test_generate_refuses_bad_bodies_with_the_reason(
     cluster: Cluster, namespace: str, payload: Any, reason: str
 ) -> None:
     if isinstance(payload, str):
-        response = call(cluster, "POST", "/generate", data=payload)
+        response = seed_api(cluster, "POST", "/generate", data=payload)
     else:
         if isinstance(payload, dict):
             payload = {**payload, "namespace": namespace}
-        response = call(cluster, "POST", "/generate", json=payload)
+        response = seed_api(cluster, "POST", "/generate", json=payload)
     assert response.status_code == 400, response.text
     assert reason in response.json()["error"]
