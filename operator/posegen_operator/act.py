@@ -77,10 +77,14 @@ class Actor:
         (resourceVersion, finalizers)."""
         self._finalizers = finalizers
         result = ActResult()
+        failed_keys: set[tuple[str, str]] = set()
         for action in plan.actions:
+            if isinstance(action, PatchStatus | Emit) and action.key in failed_keys:
+                continue  # the status tells only what was done; the next pass retries the rest
             try:
                 done = self._handlers[type(action)](action)
             except Exception as error:
+                failed_keys.add(action.key)
                 result.errors += 1
                 self.metrics.action_errors.labels(action=type(action).__name__).inc()
                 log.warning(
@@ -212,7 +216,12 @@ class Actor:
             instance=self.settings.identity,
             now=dt.datetime.now(dt.UTC),
         )
-        self.core.create_namespaced_event(action.key[0], event, _request_timeout=REQUEST_TIMEOUT)
+        try:
+            self.core.create_namespaced_event(action.key[0], event, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status in (403, 404):  # the namespace is gone or being deleted: nobody to tell
+                return False
+            raise
         return True
 
     # ---- redis: a derived view, rebuilt from the plan when it differs ------------------------

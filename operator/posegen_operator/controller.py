@@ -30,7 +30,7 @@ from posegen_operator.planning import Observed, Plan, PlanConfig, PodView, plan
 from posegen_operator.settings import Settings
 
 log = logging.getLogger("posegen.operator")
-DEBOUNCE_SECONDS = 0.02
+DEBOUNCE_SECONDS = 0.05  # events arriving together (a burst of applies) share one pass
 RELIST_SECONDS = 300.0
 BANNER = "=" * 50
 
@@ -285,7 +285,8 @@ class Controller:
             self.last_recovery_run = now
             self.metrics.last_sweep.set(time.time())
             self._store_run(now, acted.recovered, failed)
-        self._update_gauges(observed, counts)
+        if trigger != Trigger.EVENT:
+            self._update_gauges(observed, counts)  # once per sweep: cheap scrapes, no query per event
         return TriggerResult(True, acted.recovered, failed)
 
     def _observe_progress(self, observed: Observed) -> None:

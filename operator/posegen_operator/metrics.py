@@ -7,7 +7,10 @@ from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from posegen_operator.planning import Reason
+
 PREFIX = "posegen"
+RECOVERY_REASONS = tuple(str(reason) for reason in Reason)
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1800)
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 PASS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -85,6 +88,11 @@ class Metrics:
         )
         self.build_info = Gauge(f"{PREFIX}_build_info", "The running operator's version.", ["version"], registry=r)
         self.build_info.labels(version=_version()).set(1)
+        # Every labelled series exists from the start at 0, so rate() sees each first event.
+        for reason in RECOVERY_REASONS:
+            self.recovery_latency.labels(reason=reason)
+            for result in ("recovered", "failed"):
+                self.recoveries.labels(reason=reason, result=result)
 
 
 def _version() -> str:

@@ -111,13 +111,19 @@ def pod_view(body: Body) -> PodView:
     )
 
 
-def needs_attention(body: Body) -> bool:
-    """Finished generations are left alone unless deleted or asked for a recovery check."""
+def needs_attention(body: Body, has_pods: bool) -> bool:
+    """Finished generations, and suspended ones whose worker is gone, are left alone unless
+    deleted, changed, or asked for a recovery check: an idle operator reads nothing for them."""
     meta, status = body["metadata"], body.get("status") or {}
-    if meta.get("deletionTimestamp") or status.get("phase") not in FINAL_PHASES:
+    if meta.get("deletionTimestamp") or status.get("observedGeneration") != meta.get("generation"):
         return True
     request = (meta.get("annotations") or {}).get(RECOVER_ANNOTATION)
-    return request is not None and request != status.get("lastRecoveryRequest")
+    if request is not None and request != status.get("lastRecoveryRequest"):
+        return True
+    phase = status.get("phase")
+    at_rest = phase == "Suspended" and not has_pods and not status.get("workerPod")
+    quiet_suspended = at_rest and (body.get("spec") or {}).get("suspend")
+    return phase not in FINAL_PHASES and not quiet_suspended
 
 
 class Observer:
@@ -134,11 +140,11 @@ class Observer:
         for body in bodies:
             phase = (body.get("status") or {}).get("phase") or "Pending"
             counts[phase] = counts.get(phase, 0) + 1
-        active = [body for body in bodies if needs_attention(body)]
         pods_by_owner: dict[str, list[PodView]] = {}
         for pod in pod_bodies:
             for owner in pod["metadata"].get("ownerReferences") or []:
                 pods_by_owner.setdefault(owner["uid"], []).append(pod_view(pod))
+        active = [body for body in bodies if needs_attention(body, body["metadata"]["uid"] in pods_by_owner)]
         ids = [body["metadata"]["uid"] for body in active]
         with self.engine.connect() as conn:
             rows = checkpoint.fetch_states(conn, ids)

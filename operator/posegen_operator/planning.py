@@ -310,6 +310,7 @@ def _decide(view: GenerationView, observed: Observed, config: PlanConfig, result
             actions.append(SetRowStatus(view.key, row.id, GenerationStatus.SUSPENDED))
         if stopping:
             decision.holds_slot = True
+            decision.worker_pod = stopping[0].name  # until it is gone: then the generation is at rest
             decision.message = f"stopping worker {stopping[0].name} at a checkpoint"
             result.due_in(1)
         else:

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from posegen_common.schema import GenerationStatus
-from posegen_operator.observe import policy_of
+from posegen_operator.builders import RECOVER_ANNOTATION
+from posegen_operator.observe import needs_attention, policy_of
 from posegen_operator.planning import (
     AddFinalizer,
     DeletePod,
@@ -702,7 +703,7 @@ def test_suspend_stops_the_worker_gracefully_and_holds_its_slot() -> None:
     assert of_type(result, StartWorker) == []
     assert result.queued == [uid("q")]
     patch = patch_of(result, "a")
-    assert (patch["phase"], patch["message"], patch["workerPod"]) == ("Suspended", message, None)
+    assert (patch["phase"], patch["message"], patch.get("workerPod", "a-w1")) == ("Suspended", message, "a-w1")
     assert of_type(result, Emit, "a") == [Emit(key("a"), uid("a"), "Normal", "Suspended", message)]
     assert result.retry_after == 1
 
@@ -1002,3 +1003,20 @@ def test_due_in_keeps_the_earliest() -> None:
 
 def test_worker_pod_name() -> None:
     assert worker_pod_name("gen", 3) == "gen-w3"
+
+
+def test_only_generations_with_something_to_do_are_observed() -> None:
+    def body(phase: str | None, **extra: Any) -> dict[str, Any]:
+        meta = {"generation": 1, **extra.pop("meta", {})}
+        status = {"phase": phase, "observedGeneration": 1, **extra.pop("status", {})} if phase else {}
+        return {"metadata": meta, "spec": {"suspend": extra.pop("suspend", False)}, "status": status}
+
+    assert needs_attention(body(None), has_pods=False), "new"
+    assert needs_attention(body("Processing"), has_pods=True)
+    assert not needs_attention(body("Completed"), has_pods=True)
+    assert needs_attention(body("Completed", meta={"deletionTimestamp": "now"}), has_pods=False), "deleted"
+    assert needs_attention(body("Completed", meta={"annotations": {RECOVER_ANNOTATION: "x"}}), has_pods=False)
+    assert needs_attention(body("Completed", meta={"generation": 2}), has_pods=False), "spec changed"
+    assert not needs_attention(body("Suspended", suspend=True), has_pods=False), "at rest"
+    assert needs_attention(body("Suspended", suspend=True), has_pods=True), "its worker still stopping"
+    assert needs_attention(body("Suspended", suspend=True, status={"workerPod": "a-w1"}), has_pods=False)
