@@ -130,9 +130,8 @@ class Controller:
 
     # ---- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
-        first = True
-        next_sweep = 0.0
-        next_relist = 0.0
+        first, woken = True, True
+        next_sweep = next_relist = due_at = 0.0
         while not self._stopping.is_set():
             if not self.elector.ensure():
                 self.metrics.leader.set(0)
@@ -141,40 +140,43 @@ class Controller:
                 self._stopping.wait(self.elector.retry_seconds)
                 continue
             self.metrics.leader.set(1)
+            with self._manual_lock:
+                manual, self._manual = self._manual, []
             now = time.monotonic()
-            try:
-                if first or now >= next_relist:
-                    self.relist()
-                    next_relist = now + RELIST_SECONDS
-                with self._manual_lock:
-                    manual, self._manual = self._manual, []
-                trigger = (
-                    Trigger.STARTUP
-                    if first
-                    else Trigger.MANUAL
-                    if manual
-                    else Trigger.SWEEP
-                    if now >= next_sweep
-                    else Trigger.EVENT
-                )
-                outcome, retry_after, busy = self.run_pass(trigger)
-                first = False
-                if trigger != Trigger.EVENT:
-                    next_sweep = time.monotonic() + self.settings.sweep_interval
+            # Waking only to renew the lease is not a reason for a pass.
+            if first or manual or woken or now >= min(next_sweep, due_at):
+                outcome = TriggerResult(False, 0, 0)
+                try:
+                    if first or now >= next_relist:
+                        self.relist()
+                        next_relist = now + RELIST_SECONDS
+                    trigger = (
+                        Trigger.STARTUP
+                        if first
+                        else Trigger.MANUAL
+                        if manual
+                        else Trigger.SWEEP
+                        if now >= next_sweep
+                        else Trigger.EVENT
+                    )
+                    outcome, retry_after, busy = self.run_pass(trigger)
+                    first = False
+                    if trigger != Trigger.EVENT:
+                        next_sweep = time.monotonic() + self.settings.sweep_interval
+                    # Something time-based is due (a grace, a backoff) or progress is worth showing.
+                    soonest = [retry_after + 0.05] if retry_after is not None else []
+                    soonest += [self.settings.status_interval] if busy else []
+                    due_at = time.monotonic() + min(soonest, default=float("inf"))
+                except Exception:
+                    log.exception("reconcile pass failed; retrying")
+                    self.last_pass_ok = False
+                    due_at = time.monotonic() + 2.0
                 for request in manual:
                     request.result = outcome
                     request.done.set()
-            except Exception:
-                log.exception("reconcile pass failed; retrying")
-                self.last_pass_ok = False
-                retry_after, busy = 2.0, False
-            wait = next_sweep - time.monotonic()
-            if busy:
-                wait = min(wait, self.settings.status_interval)
-            if retry_after is not None:
-                wait = min(wait, retry_after + 0.05)
-            wait = min(max(wait, 0.0), self.elector.renew_seconds)
-            if self._wake.wait(wait):
+            wait = min(next_sweep, due_at) - time.monotonic()
+            woken = self._wake.wait(min(max(wait, 0.0), self.elector.renew_seconds))
+            if woken:
                 self._wake.clear()
                 time.sleep(DEBOUNCE_SECONDS)
 
