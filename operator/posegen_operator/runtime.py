@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from posegen_common.database import create_db_engine, migrate
 from posegen_operator.api import ApiContext, build_app
 from posegen_operator.controller import Controller
+from posegen_operator.expiry import HeartbeatExpiryWatcher
 from posegen_operator.leader import LeaderElector
 from posegen_operator.metrics import Metrics
 from posegen_operator.settings import Settings
@@ -39,6 +40,7 @@ class Runtime:
     api: kubernetes.client.ApiClient
     metrics: Metrics
     controller: Controller
+    expiry: HeartbeatExpiryWatcher
     runner: web.AppRunner | None = None
 
     @classmethod
@@ -58,7 +60,9 @@ class Runtime:
             advertise_url=settings.advertise_url,
         )
         controller = Controller(settings, api, engine, redis_client, metrics, elector)
-        return cls(settings, engine, redis_client, api, metrics, controller)
+        # A heartbeat that expires wakes the controller at once (the pass decides if it is a hang).
+        expiry = HeartbeatExpiryWatcher(redis_client, lambda _generation_id: controller.notify())
+        return cls(settings, engine, redis_client, api, metrics, controller, expiry)
 
     async def start(self) -> None:
         if self.settings.migrate_on_start:
@@ -84,8 +88,10 @@ class Runtime:
             self.settings.metrics_port,
         )
         self.controller.start()
+        self.expiry.start()
 
     async def stop(self) -> None:
+        self.expiry.stop()
         await asyncio.to_thread(self.controller.stop)
         if self.runner is not None:
             await self.runner.cleanup()
