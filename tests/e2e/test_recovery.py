@@ -258,10 +258,12 @@ def test_the_recover_annotation_checks_one_generation_now(cluster: Cluster, name
     wait_for_phase(cluster, namespace, "checked", "Completed")
 
 
+@pytest.mark.usefixtures("slow_poses")
 def test_two_replicas_never_both_act_and_the_standby_takes_over(cluster: Cluster, namespace: str) -> None:
     standby_api = free_port()
     cluster.stack.start_operator(
         "operator-b",
+        POSEGEN_POSE_SECONDS="0.15",  # the generation must outlast the lease hand-over
         POSEGEN_IDENTITY="standby-operator",
         POSEGEN_API_PORT=str(standby_api),
         POSEGEN_METRICS_PORT=str(free_port()),
@@ -278,7 +280,7 @@ def test_two_replicas_never_both_act_and_the_standby_takes_over(cluster: Cluster
         assert forwarded.status_code == 200 and forwarded.json()["success"] is True
         assert "trigger: manual" not in standby_log.read_text()
         assert "trigger: manual" in cluster.stack.log("operator").read_text()
-        create_generation(cluster, namespace, "handover", variationCount=200)
+        create_generation(cluster, namespace, "handover", variationCount=400)
         wait_for_status(cluster, namespace, "handover", lambda s: s.get("posesCompleted", 0) >= 3, what="poses")
         assert "started generation" not in standby_log.read_text(), "the standby did nothing"
         cluster.stack.stop_operator(sig=signal.SIGKILL)
@@ -289,7 +291,7 @@ def test_two_replicas_never_both_act_and_the_standby_takes_over(cluster: Cluster
         final = wait_for_phase(cluster, namespace, "handover", "Completed", timeout=180)
         assert final["recoveries"] >= 1
         assert "Successfully re-queued generation" in standby_log.read_text()
-        assert_exactly_once(cluster, final["generationId"], 200)
+        assert_exactly_once(cluster, final["generationId"], 400)
     finally:
         cluster.stack.stop_operator("operator-b")
         cluster.stack.start_operator()
