@@ -40,7 +40,6 @@ REQUEST_TIMEOUT = (5, 15)
 class ActResult:
     recovered: int = 0
     failed: int = 0
-    errors: int = 0
 
 
 class Actor:
@@ -85,7 +84,6 @@ class Actor:
                 done = self._handlers[type(action)](action)
             except Exception as error:
                 failed_keys.add(action.key)
-                result.errors += 1
                 self.metrics.action_errors.labels(action=type(action).__name__).inc()
                 log.warning(
                     "%s for %s/%s failed, retried next pass: %s", type(action).__name__, *action.key, _describe(error)

@@ -99,7 +99,6 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._clocks: dict[str, _RecoveryClock] = {}
         self._seen_progress: dict[str, int] = {}
-        self.last_recovery_run: dt.datetime | None = None
         self.last_pass_ok = False
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -284,7 +283,6 @@ class Controller:
             if trigger == Trigger.STARTUP:
                 log.info("✅ Cleanup complete")
                 log.info(BANNER)
-            self.last_recovery_run = now
             self.metrics.last_sweep.set(time.time())
             self._store_run(now, acted.recovered, failed)
         if trigger != Trigger.EVENT:
