@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from posegen_operator.builders import FINALIZER, GROUP, PLURAL, VERSION, build_e
 from posegen_operator.metrics import Metrics
 from posegen_operator.observe import ObjectCache
 from posegen_operator.planning import (
+    Action,
     AddFinalizer,
     DeletePod,
     Emit,
@@ -34,6 +36,9 @@ from posegen_operator.settings import Settings
 
 log = logging.getLogger("posegen.operator")
 REQUEST_TIMEOUT = (5, 15)
+# Resources acted on side by side; the database pool and the API client's connection pool are
+# sized for it (runtime.py).
+PARALLEL_RESOURCES = 8
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Actor:
         self.redis = redis_client
         self.metrics = metrics
         self._queued_view: list[str] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=PARALLEL_RESOURCES, thread_name_prefix="posegen-act")
         self._handlers: dict[type, Callable[[Any], bool]] = {
             AddFinalizer: self._add_finalizer,
             RemoveFinalizer: self._remove_finalizer,
@@ -72,30 +78,38 @@ class Actor:
         }
 
     def execute(self, plan: Plan, finalizers: dict[tuple[str, str], tuple[str, list[str]]]) -> ActResult:
-        """Run the plan's actions in order; ``finalizers`` maps each resource to its observed
-        (resourceVersion, finalizers)."""
+        """Run the plan's actions: in order for each resource, resources side by side (a burst of
+        new generations is mostly waiting on the API server). ``finalizers`` maps each resource to
+        its observed (resourceVersion, finalizers)."""
         self._finalizers = finalizers
-        result = ActResult()
-        failed_keys: set[tuple[str, str]] = set()
+        by_key: dict[tuple[str, str], list[Action]] = {}
         for action in plan.actions:
-            if isinstance(action, PatchStatus | Emit) and action.key in failed_keys:
+            by_key.setdefault(action.key, []).append(action)
+        result = ActResult()
+        for recovered, failed in self._pool.map(self._execute_for_one, by_key.values()):
+            result.recovered += recovered
+            result.failed += failed
+        self._sync_queue_view(plan.queued)
+        return result
+
+    def _execute_for_one(self, actions: list[Action]) -> tuple[int, int]:
+        """One resource's actions, in order; returns its (recovered, failed) recovery counts."""
+        recovered = failed = 0
+        broken = False
+        for action in actions:
+            if broken and isinstance(action, PatchStatus | Emit):
                 continue  # the status tells only what was done; the next pass retries the rest
             try:
                 done = self._handlers[type(action)](action)
             except Exception as error:
-                failed_keys.add(action.key)
+                broken, done = True, False
                 self.metrics.action_errors.labels(action=type(action).__name__).inc()
                 log.warning(
                     "%s for %s/%s failed, retried next pass: %s", type(action).__name__, *action.key, _describe(error)
                 )
-                done = False
             if isinstance(action, StartWorker) and action.reason is not None:
-                if done:
-                    result.recovered += 1
-                else:
-                    result.failed += 1
-        self._sync_queue_view(plan.queued)
-        return result
+                recovered, failed = recovered + done, failed + (not done)
+        return recovered, failed
 
     # ---- handlers: True when the action took effect ------------------------------------------
     def _add_finalizer(self, action: AddFinalizer) -> bool:

@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 from sqlalchemy import Engine
 
 from posegen_common.database import create_db_engine, migrate
+from posegen_operator.act import PARALLEL_RESOURCES
 from posegen_operator.api import ApiContext, build_app
 from posegen_operator.controller import Controller
 from posegen_operator.expiry import HeartbeatExpiryWatcher
@@ -25,11 +26,13 @@ log = logging.getLogger("posegen.operator")
 
 def kubernetes_client() -> kubernetes.client.ApiClient:
     """In a pod: its service account; elsewhere: $KUBECONFIG (the local stack gives one to each pod)."""
+    configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = PARALLEL_RESOURCES + 4  # the acting threads, the loop, the API
+    return kubernetes.client.ApiClient(configuration)
 
 
 @dataclass
@@ -45,7 +48,9 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        engine = create_db_engine(settings.database_url, application_name="posegen-operator", pool_size=4)
+        engine = create_db_engine(
+            settings.database_url, application_name="posegen-operator", pool_size=PARALLEL_RESOURCES
+        )
         redis_client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=3, socket_connect_timeout=3, health_check_interval=30
         )

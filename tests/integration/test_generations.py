@@ -134,10 +134,9 @@ def test_generations_beyond_the_limit_wait_queued_and_all_complete(cluster: Clus
 
         def five_queued() -> list[str] | None:
             phases = [status_of(cluster, namespace, n).get("phase", "") for n in names]
-            return phases if phases.count("Queued") == 5 else None
+            return phases if phases.count("Queued") == 5 and phases.count("Processing") == limit else None
 
-        seen = eventually(five_queued, timeout=30, what="5 generations Queued")
-        assert seen.count("Processing") == limit
+        eventually(five_queued, timeout=30, what=f"{limit} generations Processing and 5 Queued")
         for name in names:
             wait_for_phase(cluster, namespace, name, "Completed", timeout=120)
     finally:
