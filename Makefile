@@ -69,3 +69,10 @@ test: venv system-deps binaries lint typecheck ## everything CI runs
 
 clean: down ## remove the local state (not the binary cache)
 	rm -rf $(STATE)
+
+# ---- benchmarks (docs/BENCHMARKS.md): each starts its own stack in a temporary state dir -----------
+bench: venv system-deps binaries ## quick benchmarks and fault figures (minutes); results in bench/results/
+	$(PY) -m bench.run_all --quick
+
+bench-full: venv system-deps binaries ## the same at full counts (about an hour or more on 2 cores)
+	$(PY) -m bench.run_all --full
