@@ -39,6 +39,12 @@ def _resource_version(body: Body) -> int:
         return 0
 
 
+def _slim(body: Body) -> Body:
+    """What the operator reads of an object; managedFields alone are often most of its size."""
+    metadata = {key: value for key, value in body["metadata"].items() if key != "managedFields"}
+    return {**body, "metadata": metadata}
+
+
 class ObjectCache:
     """PoseGenerations and worker pods by uid; watch events may arrive late or twice, so an older
     resourceVersion never overwrites a newer one."""
@@ -52,7 +58,7 @@ class ObjectCache:
         with self._lock:
             current = self._objects[kind].get(uid)
             if current is None or _resource_version(body) >= _resource_version(current):
-                self._objects[kind][uid] = body
+                self._objects[kind][uid] = _slim(body)
 
     def remove(self, kind: str, body: Body) -> None:
         with self._lock:
@@ -60,7 +66,7 @@ class ObjectCache:
 
     def replace(self, kind: str, bodies: Iterable[Body]) -> None:
         with self._lock:
-            self._objects[kind] = {b["metadata"]["uid"]: b for b in bodies}
+            self._objects[kind] = {b["metadata"]["uid"]: _slim(b) for b in bodies}
 
     def snapshot(self) -> tuple[list[Body], list[Body]]:
         with self._lock:
