@@ -214,18 +214,12 @@ class Controller:
     def run_pass(self, trigger: Trigger) -> tuple[TriggerResult, float | None, bool]:
         started = time.perf_counter()
         full = trigger != Trigger.EVENT
-        observed, counts = self.observer.observe(first_pass=trigger == Trigger.STARTUP, full=full)
+        observation = self.observer.observe(first_pass=trigger == Trigger.STARTUP, full=full)
+        observed = observation.observed
         decided = plan(observed, self.config)
         self._log_recovery_start(trigger, decided)
-        finalizers = {
-            (b["metadata"]["namespace"], b["metadata"]["name"]): (
-                b["metadata"]["resourceVersion"],
-                list(b["metadata"].get("finalizers") or []),
-            )
-            for b in self.cache.snapshot()[0]
-        }
-        acted = self.actor.execute(decided, finalizers)
-        outcome = self._account(trigger, observed, decided, acted, counts)
+        acted = self.actor.execute(decided, observation.finalizers)
+        outcome = self._account(trigger, observed, decided, acted, observation.counts)
         self.metrics.pass_duration.labels(trigger=str(trigger)).observe(time.perf_counter() - started)
         self.metrics.last_pass.set(time.time())
         self.last_pass_ok = True

@@ -11,6 +11,7 @@ from typing import Any, cast
 import kopf
 
 from posegen_operator.builders import GROUP, MANAGED_BY, PLURAL, VERSION
+from posegen_operator.observe import needs_attention
 from posegen_operator.runtime import Runtime
 
 KOPF_FINALIZER = "posegen.io/kopf"
@@ -53,11 +54,17 @@ def observe(memo: kopf.Memo, kind: str, event: kopf.RawEvent) -> None:
     if runtime is None:
         return
     body = cast(dict[str, Any], event["object"])
+    cache = runtime.controller.cache
     if event["type"] == "DELETED":
-        runtime.controller.cache.remove(kind, body)
+        cache.remove(kind, body)
     else:
-        runtime.controller.cache.upsert(kind, body)
-    runtime.controller.notify()
+        cache.upsert(kind, body)
+    # A pod coming or going always matters; a generation only if it has something to do (a re-list
+    # brings thousands of finished ones; a deleted one was seen deleting, thanks to our finalizer).
+    if kind == "pods" or (
+        event["type"] != "DELETED" and needs_attention(body, cache.has_pods(body["metadata"]["uid"]))
+    ):
+        runtime.controller.notify()
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -52,6 +53,7 @@ class ObjectCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[str, dict[str, Body]] = {"generations": {}, "pods": {}}
+        self._pods_by_owner: dict[str, set[str]] = {}  # owner uid -> pod uids
 
     def upsert(self, kind: str, body: Body) -> None:
         uid = body["metadata"]["uid"]
@@ -59,18 +61,45 @@ class ObjectCache:
             current = self._objects[kind].get(uid)
             if current is None or _resource_version(body) >= _resource_version(current):
                 self._objects[kind][uid] = _slim(body)
+                if kind == "pods":
+                    for owner in _owners(body):
+                        self._pods_by_owner.setdefault(owner, set()).add(uid)
 
     def remove(self, kind: str, body: Body) -> None:
+        uid = body["metadata"]["uid"]
         with self._lock:
-            self._objects[kind].pop(body["metadata"]["uid"], None)
+            gone = self._objects[kind].pop(uid, None)
+            if kind == "pods" and gone is not None:
+                for owner in _owners(gone):
+                    self._pods_by_owner.get(owner, set()).discard(uid)
+                    if not self._pods_by_owner.get(owner):
+                        self._pods_by_owner.pop(owner, None)
 
     def replace(self, kind: str, bodies: Iterable[Body]) -> None:
         with self._lock:
             self._objects[kind] = {b["metadata"]["uid"]: _slim(b) for b in bodies}
+            if kind == "pods":
+                self._pods_by_owner = {}
+                for uid, pod in self._objects["pods"].items():
+                    for owner in _owners(pod):
+                        self._pods_by_owner.setdefault(owner, set()).add(uid)
 
-    def snapshot(self) -> tuple[list[Body], list[Body]]:
+    def generations(self) -> list[Body]:
         with self._lock:
-            return list(self._objects["generations"].values()), list(self._objects["pods"].values())
+            return list(self._objects["generations"].values())
+
+    def has_pods(self, owner_uid: str) -> bool:
+        with self._lock:
+            return owner_uid in self._pods_by_owner
+
+    def pods_of(self, owner_uid: str) -> list[Body]:
+        with self._lock:
+            pods = self._objects["pods"]
+            return [pods[uid] for uid in self._pods_by_owner.get(owner_uid, ()) if uid in pods]
+
+
+def _owners(pod: Body) -> list[str]:
+    return [owner["uid"] for owner in pod["metadata"].get("ownerReferences") or []]
 
 
 def generation_spec(body: Body) -> GenerationSpec:
@@ -132,6 +161,13 @@ def needs_attention(body: Body, has_pods: bool) -> bool:
     return phase not in FINAL_PHASES and not quiet_suspended
 
 
+@dataclass(frozen=True)
+class Observation:
+    observed: Observed
+    counts: dict[str, int]  # resources by phase, over every cached resource (the generations gauge)
+    finalizers: dict[tuple[str, str], tuple[str, list[str]]]  # (resourceVersion, finalizers) of those in play
+
+
 class Observer:
     def __init__(self, settings: Settings, engine: Engine, redis_client: redis.Redis, cache: ObjectCache) -> None:
         self.settings = settings
@@ -139,18 +175,18 @@ class Observer:
         self.redis = redis_client
         self.cache = cache
 
-    def observe(self, *, first_pass: bool, full: bool) -> tuple[Observed, dict[str, int]]:
-        """The pass's observation, and resource counts by phase over every cached resource."""
-        bodies, pod_bodies = self.cache.snapshot()
+    def observe(self, *, first_pass: bool, full: bool) -> Observation:
+        """The pass's observation; only generations with something to do are looked at closely."""
+        bodies = self.cache.generations()
         counts: dict[str, int] = {}
         for body in bodies:
             phase = (body.get("status") or {}).get("phase") or "Pending"
             counts[phase] = counts.get(phase, 0) + 1
-        pods_by_owner: dict[str, list[PodView]] = {}
-        for pod in pod_bodies:
-            for owner in pod["metadata"].get("ownerReferences") or []:
-                pods_by_owner.setdefault(owner["uid"], []).append(pod_view(pod))
-        active = [body for body in bodies if needs_attention(body, body["metadata"]["uid"] in pods_by_owner)]
+        active = [body for body in bodies if needs_attention(body, self.cache.has_pods(body["metadata"]["uid"]))]
+        pods_by_owner = {
+            body["metadata"]["uid"]: [pod_view(pod) for pod in self.cache.pods_of(body["metadata"]["uid"])]
+            for body in active
+        }
         ids = [body["metadata"]["uid"] for body in active]
         with self.engine.connect() as conn:
             rows = checkpoint.fetch_states(conn, ids)
@@ -171,7 +207,14 @@ class Observer:
             first_pass=first_pass,
             orphan_row_ids=orphans,
         )
-        return observed, counts
+        finalizers = {
+            (b["metadata"]["namespace"], b["metadata"]["name"]): (
+                b["metadata"]["resourceVersion"],
+                list(b["metadata"].get("finalizers") or []),
+            )
+            for b in active
+        }
+        return Observation(observed, counts, finalizers)
 
     def _view(
         self,
