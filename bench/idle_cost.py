@@ -3,7 +3,9 @@
 N suspended generations (spec.suspend: true: registered, no worker ever runs) are created in one
 namespace, in steps (quick: 100 then 1,000; full: 100, 1,000, 5,000). After each step the
 benchmark waits until the operator's metrics count all N as Suspended, lets it settle for two
-sweep intervals, then measures over a window (quick 30 s, full 60 s), making no API request itself:
+sweep intervals, then waits until the operator is quiet (its CPU over 10 s below 2 % of a core;
+bounded: quick 120 s, full 900 s; the time it took is printed, and a trace of CPU and RSS), then
+measures over a window (quick 30 s, full 60 s), making no API request itself:
 
   CPU   utime + stime of the operator process (/proc/<pid>/stat), as % of one core
   RSS   VmRSS of the operator process (/proc/<pid>/status), at the end and the window's maximum
@@ -13,6 +15,10 @@ sweep intervals, then measures over a window (quick 30 s, full 60 s), making no 
         renewals (leader election, one read and one write every 5 s) are counted apart.
   pass  the operator's own posegen_reconcile_pass_duration_seconds (sweep passes) in the window
 
+After the window, a responsiveness probe: three times, one of the suspended generations is
+annotated posegen.io/recover=<token> and the time until its status.lastRecoveryRequest shows the
+token is measured (the watch event reaching the operator, a pass, a status patch).
+
 The operator runs with its defaults (sweep every 10 s); the stack's Prometheus scrapes its metrics
 every 5 s, and that is part of the idle cost measured. Targets: < 2 % of a core and no writes at
 1,000; RSS < 200 MiB at 5,000.
@@ -20,12 +26,16 @@ every 5 s, and that is part of the idle cost measured. Targets: < 2 % of a core 
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from bench.common import (
+    GROUP,
+    PLURAL,
+    VERSION,
     BenchStack,
     Report,
     command_line,
@@ -43,6 +53,9 @@ from bench.common import (
 
 NAME = "idle_cost"
 SWEEP_INTERVAL = 10.0
+QUIET_PROBE = 10.0
+QUIET_CPU_PERCENT = 2.0
+RECOVER_ANNOTATION = "posegen.io/recover"
 OPERATOR_ENV: dict[str, str] = {}  # the defaults: sweep 10 s, status 2 s, leader election on
 
 
@@ -52,6 +65,40 @@ def suspended(bench: BenchStack) -> float:
         for name, labels, value in bench.operator_samples()
         if name == "posegen_generations" and labels.get("phase") == "Suspended"
     )
+
+
+def quiesce(bench: BenchStack, limit: float) -> tuple[float, list[tuple[float, float, float]]]:
+    """Wait until the operator's CPU over 10 s is below 2 % of a core; (seconds waited, trace)."""
+    pid = bench.operator_pid()
+    started = time.monotonic()
+    trace: list[tuple[float, float, float]] = []
+    while time.monotonic() - started < limit:
+        cpu = process_cpu_seconds(pid)
+        time.sleep(QUIET_PROBE)
+        percent = 100 * (process_cpu_seconds(pid) - cpu) / QUIET_PROBE
+        trace.append((time.monotonic() - started, percent, process_rss_mib(pid)))
+        if percent < QUIET_CPU_PERCENT:
+            break
+    return time.monotonic() - started, trace
+
+
+def probe(bench: BenchStack, namespace: str, names: list[str], timeout: float) -> list[float]:
+    """Annotate a generation for a recovery check; seconds until its status acknowledges it."""
+    latencies = []
+    for i, name in enumerate(names):
+        token = f"bench-probe-{int(time.time())}-{i}"
+        started = time.monotonic()
+        bench.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": {RECOVER_ANNOTATION: token}}}
+        )
+        wait_for(
+            lambda n=name, t=token: bench.status(namespace, n).get("lastRecoveryRequest") == t,
+            timeout=timeout,
+            interval=0.05,
+            what=f"{name} to acknowledge {token}",
+        )
+        latencies.append(time.monotonic() - started)
+    return latencies
 
 
 def measure(bench: BenchStack, count: int, window: float) -> dict[str, Any]:
@@ -107,8 +154,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     counts = sorted(args.counts or ([100, 1000] if args.mode == "quick" else [100, 1000, 5000]))
     window = args.window or (30.0 if args.mode == "quick" else 60.0)
+    quiet_limit = 120.0 if args.mode == "quick" else 900.0
     report = Report(NAME, args.mode, command_line(NAME, argv))
-    report.settings = {"counts": counts, "window_seconds": window, "operator_env": "defaults"}
+    report.settings = {
+        "counts": counts,
+        "window_seconds": window,
+        "quiet_limit_seconds": quiet_limit,
+        "operator_env": "defaults",
+    }
     results = []
     with BenchStack(NAME, OPERATOR_ENV, keep=args.keep) as bench:
         namespace = bench.namespace("idle")
@@ -133,22 +186,48 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             present = count
             time.sleep(2 * SWEEP_INTERVAL)
+            waited, trace = quiesce(bench, quiet_limit)
+            print(
+                f"quiet after {waited:.0f} s more (CPU % of a core, RSS MiB every {QUIET_PROBE:.0f} s: "
+                + ", ".join(f"{cpu:.1f} %/{rss:.0f}" for _, cpu, rss in trace)
+                + ")",
+                flush=True,
+            )
             result = measure(bench, count, window)
+            latencies = probe(bench, namespace, [f"idle-{count - 1 - 7 * i:05d}" for i in range(3)], 300)
+            print("responsiveness probe (annotation -> status): " + ", ".join(f"{t:.2f} s" for t in latencies))
             result["created_seconds"] = created
             result["operator_caught_up_seconds"] = settled
+            result["quiet_after_seconds"] = waited
+            result["quiet_trace"] = trace
+            result["probe_seconds"] = latencies
             results.append(result)
     print()
     print_table(
-        ["generations", "CPU % core", "RSS MiB", "op req/min", "op writes/min", "lease req/min", "sweep pass ms"],
+        [
+            "generations",
+            "caught up s",
+            "quiet after s",
+            "CPU % core",
+            "RSS MiB",
+            "op req/min",
+            "op writes/min",
+            "lease req/min",
+            "sweep pass ms",
+            "probe p50 s",
+        ],
         [
             (
                 r["generations"],
+                r["operator_caught_up_seconds"],
+                r["quiet_after_seconds"],
                 r["cpu_percent_of_core"],
                 r["rss_mib_end"],
                 r["operator_requests_per_min"],
                 r["operator_writes_per_min"],
                 r["lease_requests_per_min"],
                 r["sweep_pass_ms_mean"] or float("nan"),
+                statistics.median(r["probe_seconds"]),
             )
             for r in results
         ],

@@ -6,6 +6,11 @@ measures, per generation, the first pose of the new attempt (generated_pose.crea
 as the kill). In the 50 run the operator itself is SIGKILLed midway (once about half the
 replacements have been claimed, or 5 s after the mass kill) and started again.
 
+A pod watch of the benchmark's own splits the time: kill -> the node runner reports the old pod
+Failed, kill -> the operator creates the replacement pod. The recovery reasons recorded in
+pose_generation (Crashed, or Hung when the heartbeat expired before the crash was noticed) are
+printed with the ledger.
+
 Then every generation runs to completion and the ledger is audited: each (generation, pose_index)
 recorded exactly once, 0 lost, 0 duplicated, and the seed's duplicate query returns nothing.
 Target: all resumed within 60 s at 100. Each worker is a Python process (~40 MB); starting 100 of
@@ -25,6 +30,7 @@ from typing import Any
 from bench.common import (
     SEED_DUPLICATE_QUERY,
     BenchStack,
+    Recorder,
     Report,
     command_line,
     generation_manifest,
@@ -60,6 +66,9 @@ def scenario(bench: BenchStack, count: int, pose_seconds: float, restart_operato
         + (", operator SIGKILLed midway" if restart_operator else ""),
         flush=True,
     )
+    pods = Recorder(bench.core.list_namespaced_pod, namespace, budget=1800)
+    pods.start()
+    pods.ready.wait(10)
     created = time.monotonic()
     bench.create_generations(
         namespace, [generation_manifest(f"m{count}-{i:03d}", variationCount=poses) for i in range(count)]
@@ -135,6 +144,32 @@ def scenario(bench: BenchStack, count: int, pose_seconds: float, restart_operato
         f"all {count} resumed {stats['max']:.1f} s after the kill (p50 {stats['p50']:.1f} s, p90 {stats['p90']:.1f} s)",
         flush=True,
     )
+    # Where the time went, per generation, from the benchmark's own pod watch: the node runner
+    # reporting the killed pod Failed, then the operator creating the replacement.
+    events = pods.snapshot()
+    pods.stop()
+    reported, replaced = [], []
+    for name, attempt in victims.values():
+        old, new = f"{name}-w{attempt}", f"{name}-w{attempt + 1}"
+        failed = next(
+            (
+                t
+                for t, kind, o in events
+                if t >= killed and o["metadata"]["name"] == old and (o.get("status") or {}).get("phase") == "Failed"
+            ),
+            None,
+        )
+        added = next((t for t, kind, o in events if kind == "ADDED" and o["metadata"]["name"] == new), None)
+        if failed is not None:
+            reported.append(failed - killed)
+        if added is not None:
+            replaced.append(added - killed)
+    phases = {"kill->old pod reported Failed": summary(reported), "kill->replacement pod created": summary(replaced)}
+    for label, values in phases.items():
+        print(
+            f"  {label}: p50 {values['p50']:.1f} s, p90 {values['p90']:.1f} s, max {values['max']:.1f} s "
+            f"({values['n']} of {count})"
+        )
 
     def completed() -> bool:
         return bool(
@@ -180,6 +215,7 @@ def scenario(bench: BenchStack, count: int, pose_seconds: float, restart_operato
         "kill_loop_ms": 1000 * (killed - loop_started),
         "operator_restart": restart,
         "resume": stats,
+        "phases": phases,
         "all_resumed_seconds": stats["max"],
         "lost": lost,
         "duplicated": duplicated,
