@@ -193,6 +193,7 @@ class Controller:
         namespaces = self.settings.namespaces or (None,)
         generations: list[dict[str, Any]] = []
         pods: list[dict[str, Any]] = []
+        versions: list[int] = []  # each list's resourceVersion: the cache keeps what the watch saw later
         for namespace in namespaces:
             if namespace is None:
                 listing = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=(5, 30))
@@ -206,10 +207,12 @@ class Controller:
                 pod_list = core.list_namespaced_pod(
                     namespace, label_selector=WORKER_SELECTOR, _preload_content=False, _request_timeout=(5, 30)
                 )
+            pod_listing = json.loads(pod_list.data)
             generations += listing["items"]
-            pods += json.loads(pod_list.data)["items"]
-        self.cache.replace("generations", generations)
-        self.cache.replace("pods", pods)
+            pods += pod_listing["items"]
+            versions += [int(listing["metadata"]["resourceVersion"]), int(pod_listing["metadata"]["resourceVersion"])]
+        self.cache.replace("generations", generations, listed_at=min(versions))
+        self.cache.replace("pods", pods, listed_at=min(versions))
 
     def run_pass(self, trigger: Trigger) -> tuple[TriggerResult, float | None, bool]:
         started = time.perf_counter()

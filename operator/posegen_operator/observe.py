@@ -48,16 +48,20 @@ def _slim(body: Body) -> Body:
 
 class ObjectCache:
     """PoseGenerations and worker pods by uid; watch events may arrive late or twice, so an older
-    resourceVersion never overwrites a newer one."""
+    resourceVersion never overwrites a newer one. A re-list is merged, not swapped in: what the
+    watch delivered while the list was in flight (a creation, a deletion) is newer than the list."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[str, dict[str, Body]] = {"generations": {}, "pods": {}}
+        self._deleted: dict[str, dict[str, int]] = {"generations": {}, "pods": {}}  # uid -> version deleted at
         self._pods_by_owner: dict[str, set[str]] = {}  # owner uid -> pod uids
 
     def upsert(self, kind: str, body: Body) -> None:
         uid = body["metadata"]["uid"]
         with self._lock:
+            if self._deleted[kind].get(uid, -1) >= _resource_version(body):
+                return  # a late event for something already deleted
             current = self._objects[kind].get(uid)
             if current is None or _resource_version(body) >= _resource_version(current):
                 self._objects[kind][uid] = _slim(body)
@@ -68,6 +72,7 @@ class ObjectCache:
     def remove(self, kind: str, body: Body) -> None:
         uid = body["metadata"]["uid"]
         with self._lock:
+            self._deleted[kind][uid] = _resource_version(body)
             gone = self._objects[kind].pop(uid, None)
             if kind == "pods" and gone is not None:
                 for owner in _owners(gone):
@@ -75,12 +80,27 @@ class ObjectCache:
                     if not self._pods_by_owner.get(owner):
                         self._pods_by_owner.pop(owner, None)
 
-    def replace(self, kind: str, bodies: Iterable[Body]) -> None:
+    def replace(self, kind: str, bodies: Iterable[Body], listed_at: int) -> None:
+        """Merge a list taken at resourceVersion ``listed_at``: the list wins over older cached
+        versions and drops what it no longer holds, unless the watch has seen it since."""
         with self._lock:
-            self._objects[kind] = {b["metadata"]["uid"]: _slim(b) for b in bodies}
+            cached, deleted = self._objects[kind], self._deleted[kind]
+            merged: dict[str, Body] = {}
+            for body in bodies:
+                uid = body["metadata"]["uid"]
+                if deleted.get(uid, 0) > listed_at:
+                    continue  # deleted after the list was taken
+                current = cached.get(uid)
+                newer = current is not None and _resource_version(current) > _resource_version(body)
+                merged[uid] = current if current is not None and newer else _slim(body)
+            for uid, current in cached.items():
+                if uid not in merged and _resource_version(current) > listed_at:
+                    merged[uid] = current  # created after the list was taken
+            self._objects[kind] = merged
+            self._deleted[kind] = {uid: at for uid, at in deleted.items() if at > listed_at}
             if kind == "pods":
                 self._pods_by_owner = {}
-                for uid, pod in self._objects["pods"].items():
+                for uid, pod in merged.items():
                     for owner in _owners(pod):
                         self._pods_by_owner.setdefault(owner, set()).add(uid)
 

@@ -130,7 +130,7 @@ def test_generations_beyond_the_limit_wait_queued_and_all_complete(cluster: Clus
     try:
         names = [f"q{i}" for i in range(limit + 5)]
         for name in names:
-            create_generation(cluster, namespace, name, variationCount=6)
+            create_generation(cluster, namespace, name, variationCount=12)
 
         def five_queued() -> list[str] | None:
             phases = [status_of(cluster, namespace, n).get("phase", "") for n in names]

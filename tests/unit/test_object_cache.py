@@ -1,4 +1,5 @@
-"""The watch-fed cache: newer versions win, pods are indexed by owner, managedFields are dropped."""
+"""The watch-fed cache: newer versions win, pods are indexed by owner, managedFields are dropped,
+and a re-list never undoes what the watch saw while the list was in flight."""
 
 from __future__ import annotations
 
@@ -33,5 +34,45 @@ def test_pods_are_found_by_owner_through_upserts_removals_and_relists() -> None:
     cache.remove("pods", obj("p2", 2, ("g1",)))
     assert not cache.has_pods("g1") and cache.pods_of("g1") == []
     assert cache.has_pods("g2")
-    cache.replace("pods", [obj("p4", 3, ("g1",))])
+    cache.replace("pods", [obj("p4", 3, ("g1",))], listed_at=3)
     assert cache.has_pods("g1") and not cache.has_pods("g2")
+
+
+def uids(cache: ObjectCache) -> list[str]:
+    return sorted(body["metadata"]["uid"] for body in cache.generations())
+
+
+def test_a_relist_keeps_what_was_created_after_the_list_was_taken() -> None:
+    cache = ObjectCache()
+    cache.upsert("generations", obj("early", 10))
+    cache.upsert("generations", obj("created-meanwhile", 12))  # the watch, while the list was in flight
+    cache.replace("generations", [obj("early", 10)], listed_at=11)
+    assert uids(cache) == ["created-meanwhile", "early"]
+
+
+def test_a_relist_drops_what_it_no_longer_holds() -> None:
+    cache = ObjectCache()
+    cache.upsert("generations", obj("gone-unseen", 5))  # its DELETED event was missed
+    cache.replace("generations", [obj("kept", 6)], listed_at=11)
+    assert uids(cache) == ["kept"]
+
+
+def test_a_relist_does_not_resurrect_what_was_deleted_after_the_list_was_taken() -> None:
+    cache = ObjectCache()
+    cache.upsert("generations", obj("doomed", 10))
+    cache.remove("generations", obj("doomed", 13))
+    cache.replace("generations", [obj("doomed", 10)], listed_at=11)
+    assert uids(cache) == []
+    cache.upsert("generations", obj("doomed", 12))  # a late, reordered event for it
+    assert uids(cache) == []
+
+
+def test_a_relist_never_overwrites_a_newer_cached_version() -> None:
+    cache = ObjectCache()
+    cache.upsert("generations", obj("g", 14, name="newer"))
+    cache.replace("generations", [obj("g", 10, name="listed")], listed_at=11)
+    (only,) = cache.generations()
+    assert only["metadata"]["name"] == "newer"
+    cache.replace("generations", [obj("g", 20, name="relisted")], listed_at=21)
+    (only,) = cache.generations()
+    assert only["metadata"]["name"] == "relisted"
