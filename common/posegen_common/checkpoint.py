@@ -149,9 +149,25 @@ def fetch_unfinished_ids(conn: Connection) -> set[str]:
     return set(conn.scalars(select(generation.c.id).where(generation.c.status.in_(active))))
 
 
-def database_now(conn: Connection) -> dt.datetime:
-    now: dt.datetime = conn.execute(select(func.now())).scalar_one()
-    return now
+@dataclass(frozen=True)
+class ReadMark:
+    """Taken before a pass's reads: the database's clock, and the oldest transaction still running
+    (every row written by it or a later one is stamped ``change_xid >= xmin``)."""
+
+    now: dt.datetime
+    xmin: int
+
+
+def read_mark(conn: Connection) -> ReadMark:
+    now, xmin = conn.execute(text("SELECT now(), pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).one()
+    return ReadMark(now, xmin)
+
+
+def fetch_changed(conn: Connection, since_xmin: int) -> dict[str, GenerationState]:
+    """Rows written since a ``ReadMark`` (served by the change_xid index): a pass's cost follows
+    what changed, not how many generations are in play or how many rows the table holds."""
+    rows = conn.execute(select(*_STATE_COLUMNS).where(generation.c.change_xid >= since_xmin))
+    return {row.id: _state(row) for row in rows}
 
 
 def begin_attempt(

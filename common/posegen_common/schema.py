@@ -76,10 +76,18 @@ class PoseGenerationRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+    # The writing transaction's id, stamped by a trigger (migration 0002): what changed since a read.
+    change_xid: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (
-        # The sweep reads only generations in play: keep that read small at millions of rows.
-        Index("ix_pose_generation_active", "status", postgresql_where=text("status IN ('queued', 'processing')")),
+        # Counting generations in play reads this index alone, however many rows are finished.
+        Index(
+            "ix_pose_generation_active",
+            "status",
+            postgresql_include=["started_at", "last_pose_at"],
+            postgresql_where=text("status IN ('queued', 'processing')"),
+        ),
+        Index("ix_pose_generation_change_xid", "change_xid"),
         Index("ix_pose_generation_namespace_name", "namespace", "name"),
     )
 

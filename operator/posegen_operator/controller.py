@@ -146,7 +146,8 @@ class Controller:
             if first or manual or woken or now >= min(next_sweep, due_at):
                 outcome = TriggerResult(False, 0, 0)
                 try:
-                    if first or now >= next_relist:
+                    relisted = first or now >= next_relist
+                    if relisted:
                         self.relist()
                         next_relist = now + RELIST_SECONDS
                     trigger = (
@@ -158,7 +159,7 @@ class Controller:
                         if now >= next_sweep
                         else Trigger.EVENT
                     )
-                    outcome, retry_after, busy = self.run_pass(trigger)
+                    outcome, retry_after, busy = self.run_pass(trigger, refresh=relisted)
                     first = False
                     if trigger != Trigger.EVENT:
                         next_sweep = time.monotonic() + self.settings.sweep_interval
@@ -214,10 +215,9 @@ class Controller:
         self.cache.replace("generations", generations, listed_at=min(versions))
         self.cache.replace("pods", pods, listed_at=min(versions))
 
-    def run_pass(self, trigger: Trigger) -> tuple[TriggerResult, float | None, bool]:
+    def run_pass(self, trigger: Trigger, *, refresh: bool) -> tuple[TriggerResult, float | None, bool]:
         started = time.perf_counter()
-        full = trigger != Trigger.EVENT
-        observation = self.observer.observe(first_pass=trigger == Trigger.STARTUP, full=full)
+        observation = self.observer.observe(first_pass=trigger == Trigger.STARTUP, refresh=refresh)
         observed = observation.observed
         decided = plan(observed, self.config)
         self._log_recovery_start(trigger, decided)

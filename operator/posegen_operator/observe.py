@@ -1,8 +1,9 @@
 """Observe: everything a pass decides on, in a few batched reads.
 
 PoseGenerations and worker pods come from an in-memory cache fed by the kopf watch streams (and
-seeded by one list at start-up), so a pass makes no API calls; rows come from one SQL query for
-the generations in play and heartbeats from one Redis MGET. Finished generations cost nothing."""
+seeded by one list at start-up), so a pass makes no API calls; rows come from a cache of their own
+that each pass brings up to date with the rows written since the last (one indexed query), and
+heartbeats from one Redis MGET. Finished generations cost nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from posegen_common import checkpoint, keys
 from posegen_common.checkpoint import GenerationSpec
@@ -188,15 +189,42 @@ class Observation:
     finalizers: dict[tuple[str, str], tuple[str, list[str]]]  # (resourceVersion, finalizers) of those in play
 
 
+class RowCache:
+    """The rows of the generations in play, kept between passes: a pass reads only the rows written
+    since the previous one, and those it has not seen yet. ``None`` marks a row known not to exist
+    (yet): its insertion is a write like any other."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, checkpoint.GenerationState | None] = {}
+        self._since: int | None = None
+
+    def read(
+        self, conn: Connection, ids: list[str], mark: checkpoint.ReadMark, *, refresh: bool
+    ) -> dict[str, checkpoint.GenerationState]:
+        wanted = set(ids)
+        known: dict[str, checkpoint.GenerationState | None] = {}
+        if self._since is not None and not refresh:
+            known = {i: row for i, row in self._rows.items() if i in wanted}
+            known.update((i, row) for i, row in checkpoint.fetch_changed(conn, self._since).items() if i in wanted)
+        unseen = [i for i in ids if i not in known]
+        fetched = checkpoint.fetch_states(conn, unseen)
+        known.update((i, fetched.get(i)) for i in unseen)
+        self._rows, self._since = known, mark.xmin
+        return {i: row for i, row in known.items() if row is not None}
+
+
 class Observer:
     def __init__(self, settings: Settings, engine: Engine, redis_client: redis.Redis, cache: ObjectCache) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis_client
         self.cache = cache
+        self.rows = RowCache()
 
-    def observe(self, *, first_pass: bool, full: bool) -> Observation:
-        """The pass's observation; only generations with something to do are looked at closely."""
+    def observe(self, *, first_pass: bool, refresh: bool) -> Observation:
+        """The pass's observation; only generations with something to do are looked at closely.
+        ``refresh`` (with each re-list) reads every row in play afresh and looks for orphans: rows
+        still unfinished whose resource is gone."""
         bodies = self.cache.generations()
         counts: dict[str, int] = {}
         for body in bodies:
@@ -209,10 +237,10 @@ class Observer:
         }
         ids = [body["metadata"]["uid"] for body in active]
         with self.engine.connect() as conn:
-            rows = checkpoint.fetch_states(conn, ids)
-            db_now = checkpoint.database_now(conn)
+            mark = checkpoint.read_mark(conn)
+            rows = self.rows.read(conn, ids, mark, refresh=refresh)
             orphans: frozenset[str] = frozenset()
-            if full:
+            if refresh:
                 known = {body["metadata"]["uid"] for body in bodies}
                 orphans = frozenset(checkpoint.fetch_unfinished_ids(conn) - known)
         processing = [i for i in ids if i in rows and rows[i].status == "processing"]
@@ -222,7 +250,7 @@ class Observer:
         observed = Observed(
             views,
             now=now,
-            db_now=db_now,
+            db_now=mark.now,
             heartbeats_trustworthy=trustworthy,
             first_pass=first_pass,
             orphan_row_ids=orphans,
