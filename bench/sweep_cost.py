@@ -1,21 +1,25 @@
-"""Sweep cost: the operator's per-pass queries against 10k, 100k and 1M pose_generation rows.
+"""Sweep cost: the operator's database reads against 10k, 100k and 1M pose_generation rows.
 
 A scratch database is created in the benchmark stack's Postgres and migrated with the project's
 migrations; rows are inserted in bulk with generate_series: 1 % processing, 0.1 % queued, the rest
 completed (VACUUM ANALYZE after each step). Then the very functions the operator calls are timed
-(p50/p90 over repeats, on an open connection, warm cache):
+(p50/p90 over repeats, on an open connection, warm cache).
 
-  fetch_states (in play)  checkpoint.fetch_states for every processing or queued id (1.1 % of the
-                          rows: the resources a pass looks at when that many are in flight)
-  fetch_states (1,000 / 100 ids)  the same for 1,000 and 100 of those ids
-  fetch_unfinished_ids    checkpoint.fetch_unfinished_ids (full sweeps: rows whose resource is gone)
-  status_summary          checkpoint.status_summary (the seed's counts, every pass)
-  database_now            checkpoint.database_now (every pass)
-  pass total              a connection checkout plus all four, as one full sweep pass does
+Every pass (events, and the sweep every POSEGEN_SWEEP_INTERVAL_SECONDS):
+  read_mark                  the database clock and snapshot xmin, taken before the reads
+  fetch_changed (none / 100 / 1,000 written)  rows written since the previous pass, with none,
+                             100 or 1,000 of the rows in play written in between
+  fetch_states (100 new ids) rows of generations the operator has not seen yet
+  status_summary             the seed's counts (the metrics: queued, processing, stalled, oldest)
+  pass total                 a connection checkout, read_mark, the operator's RowCache.read with
+                             every row in play cached and none written, status_summary
 
-and each one's SQL, exactly as SQLAlchemy sent it, is run under EXPLAIN (ANALYZE, BUFFERS).
-One more row, "alt: unnest join", is not the operator's code: the in-play lookup written as a
-join on unnest(array), for comparison. Target: < 10 ms at 1M rows.
+Every re-list (start-up, then every 5 minutes), not per pass:
+  fetch_states (all in play) every row in play read afresh (1.1 % of the table)
+  fetch_unfinished_ids       rows still unfinished whose resource may be gone
+
+Each query's SQL, exactly as SQLAlchemy sent it, is run under EXPLAIN (ANALYZE, BUFFERS).
+Target: the per-pass reads under 10 ms at 1M rows.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from sqlalchemy import Connection, event, text
 from bench.common import BenchStack, Report, command_line, parser, percentile, print_table
 from posegen_common import checkpoint
 from posegen_common.database import create_db_engine, migrate
+from posegen_operator.observe import RowCache
 
 NAME = "sweep_cost"
 SCRATCH_DB = "posegen_sweep_bench"
@@ -62,10 +67,6 @@ SELECT
 FROM generate_series(%s, %s) AS i
 """
 
-# Not the operator's code: the same lookup with the ids as one array parameter joined on the
-# primary key, to show what would keep fetch_states off a sequential scan with many ids in play.
-UNNEST = "SELECT g.* FROM unnest(%(ids)s::text[]) AS wanted(id) JOIN pose_generation g ON g.id = wanted.id"
-
 
 class Captured:
     """The last statement SQLAlchemy handed to psycopg2, with its parameters."""
@@ -78,14 +79,16 @@ class Captured:
         self.statement, self.parameters = statement, parameters
 
 
-def timed(call: Callable[[], Any], repeats: int) -> list[float]:
-    for _ in range(3):
-        call()
+def timed(call: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None) -> list[float]:
+    """Milliseconds per call (after three warm-up calls); ``setup`` runs untimed before each."""
     samples = []
-    for _ in range(repeats):
+    for i in range(repeats + 3):
+        if setup is not None:
+            setup()
         started = time.perf_counter()
         call()
-        samples.append(1000 * (time.perf_counter() - started))
+        if i >= 3:
+            samples.append(1000 * (time.perf_counter() - started))
     return samples
 
 
@@ -101,30 +104,52 @@ def explain(conn: Connection, captured: Captured, call: Callable[[], Any]) -> li
     return [line if len(line) <= 150 else line[:140] + " ...)" for line in lines]
 
 
+class Writes:
+    """Between two of the operator's reads, some rows in play are written (as workers recording
+    poses would): the setup of a fetch_changed sample."""
+
+    def __init__(self, engine: Any, ids: list[str]) -> None:
+        self.engine, self.ids, self.since = engine, ids, 0
+
+    def __call__(self) -> None:
+        with self.engine.connect() as conn:
+            self.since = checkpoint.read_mark(conn).xmin
+        if self.ids:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("UPDATE pose_generation SET last_pose_at = now() WHERE id = ANY(%s)", (self.ids,))
+
+
+PER_RELIST = ("fetch_states (all in play)", "fetch_unfinished_ids")
+
+
 def measure(engine: Any, captured: Captured, rows: int, repeats: int) -> list[dict[str, Any]]:
+    results = []
     with engine.connect() as conn:
         in_play = [
             r[0] for r in conn.execute(text("SELECT id FROM pose_generation WHERE status IN ('processing', 'queued')"))
         ]
-        queries: dict[str, Callable[[], Any]] = {
-            "fetch_states (in play)": lambda: checkpoint.fetch_states(conn, in_play),
-            "fetch_states (1,000 ids)": lambda: checkpoint.fetch_states(conn, in_play[:1000]),
-            "fetch_states (100 ids)": lambda: checkpoint.fetch_states(conn, in_play[:100]),
-            "alt: unnest join (in play)": lambda: conn.exec_driver_sql(UNNEST, {"ids": in_play}).all(),
-            "fetch_unfinished_ids": lambda: checkpoint.fetch_unfinished_ids(conn),
-            "status_summary": lambda: checkpoint.status_summary(conn, STALL_TIMEOUT),
-            "database_now": lambda: checkpoint.database_now(conn),
+        nothing, hundred, thousand = Writes(engine, []), Writes(engine, in_play[:100]), Writes(engine, in_play[:1000])
+        queries: dict[str, tuple[Callable[[], Any], Writes | None]] = {
+            "read_mark": (lambda: checkpoint.read_mark(conn), None),
+            "fetch_changed (none written)": (lambda: checkpoint.fetch_changed(conn, nothing.since), nothing),
+            "fetch_changed (100 written)": (lambda: checkpoint.fetch_changed(conn, hundred.since), hundred),
+            "fetch_changed (1,000 written)": (lambda: checkpoint.fetch_changed(conn, thousand.since), thousand),
+            "fetch_states (100 new ids)": (lambda: checkpoint.fetch_states(conn, in_play[-100:]), None),
+            "status_summary": (lambda: checkpoint.status_summary(conn, STALL_TIMEOUT), None),
+            "fetch_states (all in play)": (lambda: checkpoint.fetch_states(conn, in_play), None),
+            "fetch_unfinished_ids": (lambda: checkpoint.fetch_unfinished_ids(conn), None),
         }
-        results = []
-        for label, call in queries.items():
-            samples = timed(call, repeats)
-            plan = explain(conn, captured, call)
+        for label, (call, setup) in queries.items():
+            samples = timed(call, repeats, setup)
+            conn.rollback()
+            plan = explain(conn, captured, call) if label != "read_mark" else []
             execution = next((float(line.split()[2]) for line in plan if line.startswith("Execution Time")), None)
             results.append(
                 {
                     "rows": rows,
                     "query": label,
-                    "ids": len(in_play) if "in play" in label else None,
+                    "ids": len(in_play),
+                    "per": "re-list" if label in PER_RELIST else "pass",
                     "p50_ms": statistics.median(samples),
                     "p90_ms": percentile(samples, 90),
                     "server_execution_ms": execution,
@@ -133,18 +158,22 @@ def measure(engine: Any, captured: Captured, rows: int, repeats: int) -> list[di
             )
             conn.rollback()
 
+    cache = RowCache()
+    with engine.connect() as conn:
+        cache.read(conn, in_play, checkpoint.read_mark(conn), refresh=True)
+
     def one_pass() -> None:
         with engine.connect() as conn:
-            checkpoint.fetch_states(conn, in_play)
-            checkpoint.database_now(conn)
-            checkpoint.fetch_unfinished_ids(conn)
+            cache.read(conn, in_play, checkpoint.read_mark(conn), refresh=False)
             checkpoint.status_summary(conn, STALL_TIMEOUT)
 
     samples = timed(one_pass, repeats)
     results.append(
         {
             "rows": rows,
-            "query": "pass total (checkout + all four)",
+            "query": "pass total (checkout, mark, RowCache.read, summary)",
+            "ids": len(in_play),
+            "per": "pass",
             "p50_ms": statistics.median(samples),
             "p90_ms": percentile(samples, 90),
             "server_execution_ms": None,
@@ -188,9 +217,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 present = size
                 measured = measure(engine, captured, size, repeats)
                 print_table(
-                    ["query", "p50 ms", "p90 ms", "server ms (EXPLAIN)"],
+                    ["query", "per", "p50 ms", "p90 ms", "server ms (EXPLAIN)"],
                     [
-                        (m["query"], m["p50_ms"], m["p90_ms"], m["server_execution_ms"] or float("nan"))
+                        (m["query"], m["per"], m["p50_ms"], m["p90_ms"], m["server_execution_ms"] or float("nan"))
                         for m in measured
                     ],
                 )
@@ -211,10 +240,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ["query (p50 ms)", *(f"{size:,} rows" for size in sizes)],
         [(query, *(p50.get((query, size), float("nan")) for size in sizes)) for query in at_largest],
     )
-    in_play = {m["rows"]: m["ids"] for m in results if m.get("ids")}
+    in_play = {m["rows"]: m["ids"] for m in results}
     print("ids in play: " + ", ".join(f"{ids:,} at {rows:,} rows" for rows, ids in sorted(in_play.items())))
     for query, m in at_largest.items():
-        if not query.startswith("alt:"):
+        if m["per"] == "pass":
             report.target(f"{query} at {largest:,} rows (p50)", m["p50_ms"], 10.0, "ms")
     report.save()
     return report.figures
