@@ -38,7 +38,7 @@ import kubernetes
 import psycopg2
 from prometheus_client.parser import text_string_to_metric_families
 
-from posegen_devstack.processes import StackError
+from posegen_devstack.processes import StackError, wait_for
 from posegen_devstack.stack import Stack
 from posegen_operator.settings import Settings
 
@@ -279,23 +279,6 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     print(table(headers, list(rows)), flush=True)
-
-
-def wait_for(probe: Callable[[], T | None], *, timeout: float, interval: float = 0.2, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy; exceptions count as 'not yet'."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-        except Exception as error:
-            last = error
-        time.sleep(interval)
-    raise BenchError(
-        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last!r})" if last else "")
-    )
 
 
 # ---- a private stack -----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import kubernetes
 import psycopg2
 import requests
 
+from posegen_devstack.processes import wait_for as eventually
 from posegen_devstack.stack import Stack
 
 T = TypeVar("T")
@@ -65,25 +65,6 @@ class Cluster:
             timeout=timeout,
             what=f"pid file of {namespace}/{pod}",
         )
-
-
-def eventually(
-    probe: Callable[[], T | None], *, timeout: float = 30, interval: float = 0.1, what: str = "condition"
-) -> T:
-    """Poll until ``probe`` returns something truthy (exceptions count as 'not yet')."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-        except Exception as error:
-            last_error = error
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else "")
-    )
 
 
 def unique_name(prefix: str) -> str:

@@ -11,10 +11,37 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class StackError(RuntimeError):
     """A component of the local stack could not be started."""
+
+
+class WaitTimeout(Exception):
+    """Something polled for did not come true in time."""
+
+
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float = 30, interval: float = 0.1, what: str = "a condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy (the local stack, tests and benchmarks all
+    wait this way); exceptions count as 'not yet' and the last one is named on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except Exception as error:
+            last_error = error
+        time.sleep(interval)
+    raise WaitTimeout(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else "")
+    )
 
 
 def free_port() -> int:
@@ -112,15 +139,11 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    tail = ""
-    if log is not None and log.exists():
-        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-    raise StackError(f"{what} did not become ready within {timeout:.0f}s{tail}")
+    """Wait for a component, naming it and showing the end of its log if it never comes up."""
+    try:
+        wait_for(check, timeout=timeout, interval=0.2, what=f"{what} to become ready")
+    except WaitTimeout as error:
+        tail = ""
+        if log is not None and log.exists():
+            tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise StackError(f"{error}{tail}") from None
