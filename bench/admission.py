@@ -37,8 +37,8 @@ from bench.common import (
     request_diff,
     request_rows,
     summary,
-    wait_for,
 )
+from posegen_devstack.processes import wait_for
 
 NAME = "admission"
 MAX_CONCURRENT = 20

@@ -426,7 +426,7 @@ class BenchStack:
             try:
                 self.core.read_namespace(namespace)
             except kubernetes.client.ApiException as error:
-                return error.status == 404
+                return bool(error.status == 404)
             return False
 
         wait_for(gone, timeout=timeout, interval=0.5, what=f"namespace {namespace} to be deleted")

@@ -39,8 +39,8 @@ from bench.common import (
     parser,
     print_table,
     summary,
-    wait_for,
 )
+from posegen_devstack.processes import wait_for
 
 NAME = "crash_resume"
 POSES = 40

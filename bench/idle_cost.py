@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from bench.common import (
@@ -51,8 +52,8 @@ from bench.common import (
     process_rss_mib,
     request_diff,
     request_rows,
-    wait_for,
 )
+from posegen_devstack.processes import wait_for
 
 NAME = "idle_cost"
 SWEEP_INTERVAL = 10.0
@@ -68,6 +69,14 @@ def suspended(bench: BenchStack) -> float:
         for name, labels, value in bench.operator_samples()
         if name == "posegen_generations" and labels.get("phase") == "Suspended"
     )
+
+
+def suspended_at_least(bench: BenchStack, count: int) -> bool:
+    return suspended(bench) >= count
+
+
+def recovery_request_seen(bench: BenchStack, namespace: str, name: str, token: str) -> bool:
+    return bool(bench.status(namespace, name).get("lastRecoveryRequest") == token)
 
 
 def quiesce(bench: BenchStack, limit: float) -> tuple[float, list[tuple[float, float, float]]]:
@@ -95,7 +104,7 @@ def probe(bench: BenchStack, namespace: str, names: list[str], timeout: float) -
             GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": {RECOVER_ANNOTATION: token}}}
         )
         wait_for(
-            lambda n=name, t=token: bench.status(namespace, n).get("lastRecoveryRequest") == t,
+            partial(recovery_request_seen, bench, namespace, name, token),
             timeout=timeout,
             interval=0.05,
             what=f"{name} to acknowledge {token}",
@@ -179,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             created = bench.create_generations(namespace, manifests)
             started = time.monotonic()
             wait_for(
-                lambda c=count: suspended(bench) >= c,
+                partial(suspended_at_least, bench, count),
                 timeout=120 + count * 0.5,
                 interval=1,
                 what=f"the operator to count {count} suspended generations",

@@ -38,8 +38,8 @@ from bench.common import (
     print_table,
     process_rss_mib,
     summary,
-    wait_for,
 )
+from posegen_devstack.processes import wait_for
 
 NAME = "mass_crash"
 POSE_SECONDS = 1.0

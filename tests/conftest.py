@@ -15,8 +15,9 @@ from pathlib import Path
 import kubernetes
 import pytest
 
+from posegen_devstack.processes import wait_for
 from posegen_devstack.stack import Stack
-from tests.harness import Cluster, eventually, unique_name
+from tests.harness import Cluster, unique_name
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -61,7 +62,7 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     name = unique_name("t")
     cluster.core.create_namespace({"metadata": {"name": name}})
     # Pods are refused until the service-account controller has made the namespace's default account.
-    eventually(
+    wait_for(
         lambda: cluster.core.read_namespaced_service_account("default", name),
         timeout=30,
         what="the default service account",

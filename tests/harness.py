@@ -14,7 +14,7 @@ import kubernetes
 import psycopg2
 import requests
 
-from posegen_devstack.processes import wait_for as eventually
+from posegen_devstack.processes import wait_for
 from posegen_devstack.stack import Stack
 
 T = TypeVar("T")
@@ -60,7 +60,7 @@ class Cluster:
 
     def pod_pid(self, namespace: str, pod: str, timeout: float = 30) -> int:
         pid_file = self.node_file(namespace, pod, "pid")
-        return eventually(
+        return wait_for(
             lambda: int(pid_file.read_text().split()[0]),
             timeout=timeout,
             what=f"pid file of {namespace}/{pod}",
@@ -136,7 +136,7 @@ def wait_for_status(
         status = status_of(cluster, namespace, name)
         return status if check(status) else None
 
-    return eventually(matching, timeout=timeout, what=f"{namespace}/{name} {what}")
+    return wait_for(matching, timeout=timeout, what=f"{namespace}/{name} {what}")
 
 
 def wait_for_phase(cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:

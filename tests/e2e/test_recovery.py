@@ -8,15 +8,16 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
+from typing import Any
 
 import pytest
 
-from posegen_devstack.processes import free_port
+from posegen_devstack.processes import free_port, wait_for
 from tests.harness import (
     SEED_DUPLICATE_QUERY,
     Cluster,
     create_generation,
-    eventually,
     seed_api,
     sql,
     status_of,
@@ -211,7 +212,7 @@ def test_the_deadline_fails_a_generation_and_stops_its_worker(cluster: Cluster, 
     pid = cluster.pod_pid(namespace, running["workerPod"])
     final = wait_for_phase(cluster, namespace, "late", "Failed", timeout=90)
     assert final["message"].startswith("DeadlineExceeded")
-    eventually(lambda: not os.path.exists(f"/proc/{pid}"), timeout=20, what="the worker to stop")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=20, what="the worker to stop")
     reasons = cluster.kubectl(
         "-n",
         namespace,
@@ -225,6 +226,12 @@ def test_the_deadline_fails_a_generation_and_stops_its_worker(cluster: Cluster, 
     assert "Failed" in reasons
 
 
+def running_attempt(attempt: int, status: dict[str, Any]) -> bool:
+    return bool(
+        status.get("attempt") == attempt and status.get("phase") == "Processing" and status.get("posesCompleted")
+    )
+
+
 def test_max_recoveries_fails_with_the_reason(cluster: Cluster, namespace: str) -> None:
     create_generation(cluster, namespace, "fragile", variationCount=400, recovery={"maxRecoveries": 1})
     for attempt in (1, 2):
@@ -232,9 +239,7 @@ def test_max_recoveries_fails_with_the_reason(cluster: Cluster, namespace: str) 
             cluster,
             namespace,
             "fragile",
-            lambda s, a=attempt: (
-                s.get("attempt") == a and s.get("phase") == "Processing" and s.get("posesCompleted", 0) > 0
-            ),
+            partial(running_attempt, attempt),
             what=f"attempt {attempt} running",
         )
         os.kill(cluster.pod_pid(namespace, status["workerPod"]), signal.SIGKILL)
@@ -284,7 +289,7 @@ def test_two_replicas_never_both_act_and_the_standby_takes_over(cluster: Cluster
         wait_for_status(cluster, namespace, "handover", lambda s: s.get("posesCompleted", 0) >= 3, what="poses")
         assert "started generation" not in standby_log.read_text(), "the standby did nothing"
         cluster.stack.stop_operator(sig=signal.SIGKILL)
-        eventually(
+        wait_for(
             lambda: "became the active replica" in standby_log.read_text(), timeout=40, what="the standby to take over"
         )
         os.kill(cluster.pod_pid(namespace, status_of(cluster, namespace, "handover")["workerPod"]), signal.SIGKILL)

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
-from posegen_devstack.processes import free_port
+from posegen_devstack.processes import free_port, wait_for
 from posegen_operator.settings import Settings
-from tests.harness import Cluster, eventually, unique_name
+from tests.harness import Cluster, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def ensure_namespace(cluster: Cluster, name: str) -> bool:
     if cluster.kubectl("get", "namespace", name, check=False).returncode == 0:
         return False
     cluster.kubectl("create", "namespace", name)
-    eventually(
+    wait_for(
         lambda: cluster.core.read_namespaced_service_account("default", name),
         timeout=30,
         what=f"the default service account of {name}",
@@ -404,13 +404,13 @@ def test_helm_install_runs_the_operator_which_completes_and_recovers_generations
         )
         installed = True
         api = f"http://127.0.0.1:{ports['api']}"
-        eventually(lambda: http_status(f"{api}/readyz") == 200, timeout=90, interval=0.5, what="the operator ready")
+        wait_for(lambda: http_status(f"{api}/readyz") == 200, timeout=90, interval=0.5, what="the operator ready")
         pods = cluster.core.list_namespaced_pod(release_ns, label_selector="app.kubernetes.io/component=operator")
         assert [pod.spec.service_account_name for pod in pods.items] == [f"{release}-posegen-operator"]
 
         # A small generation runs to completion ...
         cluster.custom.create_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, generation("small", 5))
-        done = eventually(
+        done = wait_for(
             lambda: (s := status_of(cluster, namespace, "small")).get("phase") == "Completed" and s,
             timeout=120,
             interval=0.5,
@@ -420,14 +420,14 @@ def test_helm_install_runs_the_operator_which_completes_and_recovers_generations
 
         # ... and a worker killed with SIGKILL mid-way is recovered from its checkpoint.
         cluster.custom.create_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, generation("crash", 60))
-        worker = eventually(
+        worker = wait_for(
             lambda: status_of(cluster, namespace, "crash").get("workerPod"), timeout=60, what="the first worker"
         )
         pid = cluster.pod_pid(namespace, worker, timeout=60)
         log = cluster.node_file(namespace, worker, "log")
-        eventually(lambda: "recorded" in log.read_text(errors="replace"), timeout=60, interval=0.02, what="a pose")
+        wait_for(lambda: "recorded" in log.read_text(errors="replace"), timeout=60, interval=0.02, what="a pose")
         os.kill(pid, signal.SIGKILL)
-        recovered = eventually(
+        recovered = wait_for(
             lambda: (s := status_of(cluster, namespace, "crash")).get("phase") == "Completed" and s,
             timeout=150,
             interval=0.5,
@@ -452,7 +452,7 @@ def test_helm_install_runs_the_operator_which_completes_and_recovers_generations
         # Cancel both (the operator removes its finalizers), then uninstall.
         for name in ("small", "crash"):
             cluster.custom.delete_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, name)
-        eventually(
+        wait_for(
             lambda: not cluster.custom.list_namespaced_custom_object(GROUP, "v1", namespace, PLURAL)["items"],
             timeout=60,
             what="the generations to be deleted",
@@ -486,7 +486,7 @@ def assert_release_gone(cluster: Cluster, release: str, release_ns: str, watched
         found += [name for name in result.stdout.split() if release_ns in name]
         return found
 
-    eventually(lambda: not leftovers(), timeout=90, interval=0.5, what="everything the release made to go")
+    wait_for(lambda: not leftovers(), timeout=90, interval=0.5, what="everything the release made to go")
     secrets = {s.metadata.name for s in cluster.core.list_namespaced_secret(release_ns).items}
     assert not secrets, f"secrets left behind: {secrets}"
     # Helm's crds/ convention: CRDs are installed, never deleted (that would delete every generation).

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from posegen_devstack.processes import wait_for
 from posegen_worker.run import output_directory
 from tests.harness import (
     SEED_DUPLICATE_QUERY,
     Cluster,
     create_generation,
-    eventually,
     generation_manifest,
     patch_spec,
     sql,
@@ -136,7 +136,7 @@ def test_generations_beyond_the_limit_wait_queued_and_all_complete(cluster: Clus
             phases = [status_of(cluster, namespace, n).get("phase", "") for n in names]
             return phases if phases.count("Queued") == 5 and phases.count("Processing") == limit else None
 
-        eventually(five_queued, timeout=30, what=f"{limit} generations Processing and 5 Queued")
+        wait_for(five_queued, timeout=30, what=f"{limit} generations Processing and 5 Queued")
         for name in names:
             wait_for_phase(cluster, namespace, name, "Completed", timeout=120)
     finally:
@@ -150,8 +150,8 @@ def test_deleting_a_running_generation_cancels_it_and_keeps_its_poses(cluster: C
     pid = cluster.pod_pid(namespace, status["workerPod"])
     cluster.kubectl("-n", namespace, "delete", "posegeneration", "doomed", "--wait=false")
     # Within the worker's grace period (10 s in tests), plus slack for a loaded machine.
-    eventually(lambda: not Path(f"/proc/{pid}").exists(), timeout=20, what="the worker to stop")
-    eventually(
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=20, what="the worker to stop")
+    wait_for(
         lambda: (
             not cluster.custom.list_namespaced_custom_object("posegen.io", "v1", namespace, "posegenerations")["items"]
         ),

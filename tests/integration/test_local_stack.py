@@ -8,20 +8,29 @@ import signal
 import subprocess
 import time
 import urllib.request
+from functools import partial
 from typing import Any
 
 import psycopg2
 import pytest
 import redis
 
-from posegen_devstack.processes import pid_alive
-from tests.harness import Cluster, eventually, pod_manifest, unique_name
+from posegen_devstack.processes import pid_alive, wait_for
+from tests.harness import Cluster, pod_manifest, unique_name
 
 pytestmark = pytest.mark.integration
 
 
 def pod_phase(cluster: Cluster, namespace: str, name: str) -> str:
     return str(cluster.core.read_namespaced_pod(name, namespace).status.phase)
+
+
+def pod_is(cluster: Cluster, namespace: str, name: str, phase: str) -> bool:
+    return pod_phase(cluster, namespace, name) == phase
+
+
+def pod_gone(cluster: Cluster, namespace: str, name: str) -> bool:
+    return not cluster.core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}").items
 
 
 def terminated(cluster: Cluster, namespace: str, name: str) -> Any:
@@ -84,7 +93,7 @@ def test_crd_with_cel_rule_refuses_invalid_object_at_apply(cluster: Cluster, nam
         )
 
     try:
-        ok = eventually(
+        ok = wait_for(
             lambda: (
                 cluster.kubectl("-n", namespace, "apply", "-f", "-", stdin=widget("good", 1, 2), check=False).returncode
                 == 0
@@ -102,7 +111,7 @@ def test_crd_with_cel_rule_refuses_invalid_object_at_apply(cluster: Cluster, nam
 def test_pods_run_to_succeeded_and_failed_with_their_exit_codes(cluster: Cluster, namespace: str) -> None:
     cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}})
     cluster.core.create_namespaced_config_map(namespace, {"metadata": {"name": "conf"}, "data": {"mode": "fast"}})
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
         {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "mode"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -113,8 +122,8 @@ def test_pods_run_to_succeeded_and_failed_with_their_exit_codes(cluster: Cluster
     cluster.core.create_namespaced_pod(namespace, pod_manifest("good", ["python", "-c", script], env=env))
     cluster.core.create_namespaced_pod(namespace, pod_manifest("bad", ["sh", "-c", "exit 3"]))
 
-    eventually(lambda: pod_phase(cluster, namespace, "good") == "Succeeded", what="good to succeed")
-    eventually(lambda: pod_phase(cluster, namespace, "bad") == "Failed", what="bad to fail")
+    wait_for(lambda: pod_phase(cluster, namespace, "good") == "Succeeded", what="good to succeed")
+    wait_for(lambda: pod_phase(cluster, namespace, "bad") == "Failed", what="bad to fail")
     assert terminated(cluster, namespace, "good").exit_code == 0
     assert terminated(cluster, namespace, "bad").exit_code == 3
     output = cluster.node_file(namespace, "good", "log").read_text()
@@ -124,9 +133,9 @@ def test_pods_run_to_succeeded_and_failed_with_their_exit_codes(cluster: Cluster
 def test_kill_9_of_a_pod_process_is_reported_as_a_failure(cluster: Cluster, namespace: str) -> None:
     cluster.core.create_namespaced_pod(namespace, pod_manifest("sleeper", ["sleep", "600"]))
     pid = cluster.pod_pid(namespace, "sleeper")
-    eventually(lambda: pod_phase(cluster, namespace, "sleeper") == "Running", what="Running")
+    wait_for(lambda: pod_phase(cluster, namespace, "sleeper") == "Running", what="Running")
     os.kill(pid, signal.SIGKILL)
-    eventually(lambda: pod_phase(cluster, namespace, "sleeper") == "Failed", what="Failed after kill -9")
+    wait_for(lambda: pod_phase(cluster, namespace, "sleeper") == "Failed", what="Failed after kill -9")
     state = terminated(cluster, namespace, "sleeper")
     assert state.exit_code == 137
     assert state.reason == "Error"
@@ -138,7 +147,7 @@ def test_restart_policy_on_failure_restarts_the_container(cluster: Cluster, name
     cluster.core.create_namespaced_pod(
         namespace, pod_manifest("flaky", ["sh", "-c", script], restart_policy="OnFailure")
     )
-    eventually(lambda: pod_phase(cluster, namespace, "flaky") == "Succeeded", what="success after a restart")
+    wait_for(lambda: pod_phase(cluster, namespace, "flaky") == "Succeeded", what="success after a restart")
     status = cluster.core.read_namespaced_pod("flaky", namespace).status.container_statuses[0]
     assert status.restart_count == 1
     assert status.last_state.terminated.exit_code == 1
@@ -151,23 +160,18 @@ def test_deleting_a_pod_terminates_its_process_within_the_grace_period(cluster: 
     cluster.core.create_namespaced_pod(namespace, pod_manifest("stubborn", ["python", "-c", stubborn], grace=2))
     pids = {name: cluster.pod_pid(namespace, name) for name in ("graceful", "stubborn")}
     for name in pids:
-        eventually(lambda name=name: pod_phase(cluster, namespace, name) == "Running", what=f"{name} Running")
+        wait_for(partial(pod_is, cluster, namespace, name, "Running"), what=f"{name} Running")
     started = time.monotonic()
     for name in pids:
         cluster.core.delete_namespaced_pod(name, namespace)
-    eventually(lambda: not process_exists(pids["graceful"]), timeout=10, what="graceful process to exit")
+    wait_for(lambda: not process_exists(pids["graceful"]), timeout=10, what="graceful process to exit")
     graceful_seconds = time.monotonic() - started
-    eventually(lambda: not process_exists(pids["stubborn"]), timeout=15, what="stubborn process to be killed")
+    wait_for(lambda: not process_exists(pids["stubborn"]), timeout=15, what="stubborn process to be killed")
     stubborn_seconds = time.monotonic() - started
     assert graceful_seconds < 30, "SIGTERM was honoured well inside the grace period"
     assert stubborn_seconds >= 2, "SIGKILL came only after the 2 s grace period"
     for name in pids:
-        eventually(
-            lambda name=name: (
-                not cluster.core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}").items
-            ),
-            what=f"{name} removed from the API",
-        )
+        wait_for(partial(pod_gone, cluster, namespace, name), what=f"{name} removed from the API")
 
 
 def test_deleting_an_owner_garbage_collects_its_pods(cluster: Cluster, namespace: str) -> None:
@@ -176,25 +180,25 @@ def test_deleting_an_owner_garbage_collects_its_pods(cluster: Cluster, namespace
     cluster.core.create_namespaced_pod(namespace, pod_manifest("owned", ["sleep", "600"], owner=reference, grace=1))
     pid = cluster.pod_pid(namespace, "owned")
     cluster.core.delete_namespaced_config_map("owner", namespace)
-    eventually(
+    wait_for(
         lambda: not cluster.core.list_namespaced_pod(namespace).items,
         timeout=60,
         what="the owned pod to be garbage-collected",
     )
-    eventually(lambda: not process_exists(pid), timeout=10, what="the owned pod's process to end")
+    wait_for(lambda: not process_exists(pid), timeout=10, what="the owned pod's process to end")
 
 
 def test_node_runner_restart_adopts_running_pods(cluster: Cluster, namespace: str) -> None:
     cluster.core.create_namespaced_pod(namespace, pod_manifest("survivor", ["sleep", "600"]))
     pid = cluster.pod_pid(namespace, "survivor")
-    eventually(lambda: pod_phase(cluster, namespace, "survivor") == "Running", what="Running")
+    wait_for(lambda: pod_phase(cluster, namespace, "survivor") == "Running", what="Running")
     node_pid_file = cluster.stack.run_dir / "node.pid"
     os.kill(int(node_pid_file.read_text()), signal.SIGKILL)
     time.sleep(0.5)
     assert process_exists(pid), "pod processes outlive the node runner"
     cluster.stack.up()  # idempotent: restarts only what is down, here the node runner
     os.kill(pid, signal.SIGKILL)
-    eventually(lambda: pod_phase(cluster, namespace, "survivor") == "Failed", what="adopted pod's exit reported")
+    wait_for(lambda: pod_phase(cluster, namespace, "survivor") == "Failed", what="adopted pod's exit reported")
     assert terminated(cluster, namespace, "survivor").exit_code == 137
 
 
@@ -203,7 +207,7 @@ def test_namespaces_can_be_deleted(cluster: Cluster) -> None:
     cluster.core.create_namespace({"metadata": {"name": name}})
     cluster.core.create_namespaced_config_map(name, {"metadata": {"name": "x"}})
     cluster.core.delete_namespace(name)
-    eventually(
+    wait_for(
         lambda: not cluster.core.list_namespace(field_selector=f"metadata.name={name}").items,
         timeout=60,
         what="the namespace to be finalized",

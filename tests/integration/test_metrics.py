@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Cluster, eventually
+from posegen_devstack.processes import wait_for
+from tests.harness import Cluster
 from tests.unit.test_dashboard import load_dashboard, panel_queries
 from tests.unit.test_prometheus_rules import plain_groups, rules_of
 
@@ -60,7 +61,7 @@ def values(cluster: Cluster, expr: str) -> list[float]:
 def status_when(
     cluster: Cluster, namespace: str, name: str, check: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any] | None:
-    """The generation's status if it passes ``check`` (a probe for ``eventually``)."""
+    """The generation's status if it passes ``check`` (a probe for ``wait_for``)."""
     body = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     status = dict(body.get("status") or {})
     return status if check(status) else None
@@ -89,13 +90,13 @@ def test_prometheus_scrapes_the_operator_and_every_panel_and_rule_evaluates(clus
             },
         },
     )
-    status = eventually(
+    status = wait_for(
         lambda: status_when(cluster, namespace, name, lambda s: s.get("posesCompleted", 0) >= 3 and "workerPod" in s),
         timeout=60,
         what="3 poses completed",
     )
     os.kill(cluster.pod_pid(namespace, status["workerPod"]), signal.SIGKILL)
-    eventually(
+    wait_for(
         lambda: status_when(
             cluster, namespace, name, lambda s: s.get("phase") == "Completed" and s.get("recoveries", 0) >= 1
         ),
@@ -107,20 +108,20 @@ def test_prometheus_scrapes_the_operator_and_every_panel_and_rule_evaluates(clus
     def positive(expr: str) -> bool:
         return any(value > 0 for value in values(cluster, expr))
 
-    eventually(lambda: values(cluster, 'up{job="posegen-operator"}') == [1.0], timeout=30, what="operator up")
-    eventually(
+    wait_for(lambda: values(cluster, 'up{job="posegen-operator"}') == [1.0], timeout=30, what="operator up")
+    wait_for(
         lambda: positive('posegen_recoveries_total{job="posegen-operator", reason="Crashed", result="recovered"}'),
         timeout=30,
         what="the crash recovery counted",
     )
-    eventually(
+    wait_for(
         lambda: positive('sum(posegen_recovery_latency_seconds_count{reason="Crashed"})'),
         timeout=30,
         what="the recovery latency observed",
     )
-    eventually(lambda: positive("posegen_poses_recorded_total"), timeout=30, what="poses recorded")
-    eventually(lambda: values(cluster, "max(posegen_leader)") == [1.0], timeout=30, what="an active replica")
-    eventually(lambda: positive('posegen_generations{phase="Completed"}'), timeout=30, what="generation phases")
+    wait_for(lambda: positive("posegen_poses_recorded_total"), timeout=30, what="poses recorded")
+    wait_for(lambda: values(cluster, "max(posegen_leader)") == [1.0], timeout=30, what="an active replica")
+    wait_for(lambda: positive('posegen_generations{phase="Completed"}'), timeout=30, what="generation phases")
 
     # ---- the rules: loaded, healthy, and recording the recovery --------------------------------
     expected_groups = {group["name"]: group for group in plain_groups()}
@@ -132,17 +133,17 @@ def test_prometheus_scrapes_the_operator_and_every_panel_and_rule_evaluates(clus
             return None
         return ours
 
-    loaded = eventually(healthy_groups, timeout=30, what="the posegen rule groups loaded with health ok")
+    loaded = wait_for(healthy_groups, timeout=30, what="the posegen rule groups loaded with health ok")
     for group_name, group in expected_groups.items():
         assert len(loaded[group_name]["rules"]) == len(group["rules"])
         assert loaded[group_name]["file"].endswith("deploy/prometheus/posegen.rules.yml")
 
-    eventually(
+    wait_for(
         lambda: positive('posegen:recoveries:increase15m{reason="Crashed", result="recovered"}'),
         timeout=30,
         what="the recording rule counting the recovery",
     )
-    rate = eventually(lambda: values(cluster, "posegen:recovery_rate:ratio_rate15m"), timeout=30, what="the rate")
+    rate = wait_for(lambda: values(cluster, "posegen:recovery_rate:ratio_rate15m"), timeout=30, what="the rate")
     assert all(0 <= value <= 1 for value in rate)
 
     # ---- every expression evaluates without error ----------------------------------------------
@@ -158,4 +159,4 @@ def test_prometheus_scrapes_the_operator_and_every_panel_and_rule_evaluates(clus
         assert not empty, f"panels without data: {empty}"
         return True
 
-    eventually(key_panels_have_data, timeout=30, what="data in the key panels")
+    wait_for(key_panels_have_data, timeout=30, what="data in the key panels")
