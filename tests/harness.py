@@ -191,3 +191,15 @@ def seed_api(
         headers["Authorization"] = f"Bearer {token or cluster.stack.config.admin_token}"
     url = f"{base_url or cluster.stack.api_url}{SEED_API}{path}"
     return requests.request(method, url, headers=headers, timeout=timeout, **kwargs)
+
+
+def seed_generate(cluster: Cluster, namespace: str, variation_count: int) -> requests.Response:
+    """The seed's generate request, with the body its quickstart sends."""
+    body = {
+        "projectId": "test-project",
+        "generationType": "TEXT_DESCRIPTION",
+        "textPrompt": "test pose",
+        "variationCount": variation_count,
+        "namespace": namespace,
+    }
+    return seed_api(cluster, "POST", "/generate", json=body)

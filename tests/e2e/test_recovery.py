@@ -19,6 +19,7 @@ from tests.harness import (
     Cluster,
     create_generation,
     seed_api,
+    seed_generate,
     sql,
     status_of,
     wait_for_phase,
@@ -63,18 +64,7 @@ def slow_poses(cluster: Cluster) -> Iterator[None]:
 @pytest.mark.usefixtures("slow_poses")
 def test_the_seeds_recovery_test_kill_9_resumes_from_the_checkpoint(cluster: Cluster, namespace: str) -> None:
     # 1. Start a generation, through the seed's API.
-    response = seed_api(
-        cluster,
-        "POST",
-        "/generate",
-        json={
-            "projectId": "test-project",
-            "generationType": "TEXT_DESCRIPTION",
-            "textPrompt": "test pose",
-            "variationCount": 50,
-            "namespace": namespace,
-        },
-    )
+    response = seed_generate(cluster, namespace, 50)
     assert response.status_code == 201, response.text
     name, generation_id = response.json()["name"], response.json()["generationId"]
     # 2. Wait for 10 poses to complete.

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Cluster, get_generation, seed_api, wait_for_phase
+from tests.harness import Cluster, get_generation, seed_api, seed_generate, wait_for_phase
 
 pytestmark = pytest.mark.integration
 
@@ -48,18 +48,7 @@ def test_recovery_status_and_trigger_answer_with_the_seed_fields(cluster: Cluste
 
 
 def test_generate_creates_a_posegeneration_that_completes(cluster: Cluster, namespace: str) -> None:
-    response = seed_api(
-        cluster,
-        "POST",
-        "/generate",
-        json={
-            "projectId": "test-project",
-            "generationType": "TEXT_DESCRIPTION",
-            "textPrompt": "test pose",
-            "variationCount": 5,
-            "namespace": namespace,
-        },
-    )
+    response = seed_generate(cluster, namespace, 5)
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["success"] is True and body["namespace"] == namespace

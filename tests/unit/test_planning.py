@@ -13,6 +13,7 @@ from posegen_common.schema import GenerationStatus
 from posegen_operator.builders import RECOVER_ANNOTATION
 from posegen_operator.observe import needs_attention, policy_of
 from posegen_operator.planning import (
+    Action,
     AddFinalizer,
     DeletePod,
     Emit,
@@ -382,6 +383,33 @@ def test_worker_that_exited_cleanly_before_the_row_completed_is_replaced() -> No
     assert start.detail == "worker a-w1 was stopped (exit 0) before finishing"
 
 
+def failed(name: str, reason: str, cause: str) -> list[Action]:
+    """The actions that fail a generation for good: its row, its status, a Warning event."""
+    message = f"{reason}: {cause}"
+    return [
+        SetRowStatus(key(name), uid(name), GenerationStatus.FAILED, message),
+        PatchStatus(
+            key(name),
+            {
+                "phase": "Failed",
+                "workerPod": None,
+                "message": message,
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": reason,
+                        "message": cause,
+                        "lastTransitionTime": STAMP,
+                    },
+                    progressing("False", "Failed", message),
+                ],
+            },
+        ),
+        Emit(key(name), uid(name), "Warning", "Failed", message),
+    ]
+
+
 @pytest.mark.parametrize(
     ("code", "meaning"),
     [(4, "the generation's input was refused (bad prompt)"), (5, "the image API refused the request")],
@@ -392,29 +420,7 @@ def test_permanent_exit_codes_fail_without_recovery(code: int, meaning: str) -> 
     result = run(view)
 
     cause = f"worker a-w1 exited with code {code}: {meaning}"
-    message = f"PermanentFailure: {cause}"
-    assert result.actions == [
-        SetRowStatus(key("a"), uid("a"), GenerationStatus.FAILED, message),
-        PatchStatus(
-            key("a"),
-            {
-                "phase": "Failed",
-                "workerPod": None,
-                "message": message,
-                "conditions": [
-                    {
-                        "type": "Failed",
-                        "status": "True",
-                        "reason": "PermanentFailure",
-                        "message": cause,
-                        "lastTransitionTime": STAMP,
-                    },
-                    progressing("False", "Failed", message),
-                ],
-            },
-        ),
-        Emit(key("a"), uid("a"), "Warning", "Failed", message),
-    ]
+    assert result.actions == failed("a", "PermanentFailure", cause)
     assert result.recoveries == []
 
 
@@ -581,30 +587,7 @@ def test_deadline_exceeded_fails_the_generation_and_stops_its_worker() -> None:
     result = run(view)
 
     cause = f"not completed within 3600s ({POSES}/{TOTAL} poses recorded)"
-    message = f"DeadlineExceeded: {cause}"
-    assert result.actions == [
-        DeletePod(key("a"), "a-w1", 0),
-        SetRowStatus(key("a"), uid("a"), GenerationStatus.FAILED, message),
-        PatchStatus(
-            key("a"),
-            {
-                "phase": "Failed",
-                "workerPod": None,
-                "message": message,
-                "conditions": [
-                    {
-                        "type": "Failed",
-                        "status": "True",
-                        "reason": "DeadlineExceeded",
-                        "message": cause,
-                        "lastTransitionTime": STAMP,
-                    },
-                    progressing("False", "Failed", message),
-                ],
-            },
-        ),
-        Emit(key("a"), uid("a"), "Warning", "Failed", message),
-    ]
+    assert result.actions == [DeletePod(key("a"), "a-w1", 0), *failed("a", "DeadlineExceeded", cause)]
 
 
 def test_deadline_is_scheduled_when_it_comes_first() -> None:
