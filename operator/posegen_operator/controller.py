@@ -25,7 +25,7 @@ from posegen_operator.act import Actor, ActResult
 from posegen_operator.builders import GROUP, PLURAL, VERSION, WORKER_SELECTOR
 from posegen_operator.leader import LeaderElector
 from posegen_operator.metrics import Metrics
-from posegen_operator.observe import ObjectCache, Observer
+from posegen_operator.observe import ObjectCache, Observer, slim
 from posegen_operator.planning import Observed, Plan, PlanConfig, PodView, plan
 from posegen_operator.settings import Settings
 
@@ -188,32 +188,46 @@ class Controller:
             request.done.set()
 
     def relist(self) -> None:
-        """Seed (and now and then heal) the watch-fed cache with one authoritative list per kind."""
+        """Seed (and now and then heal) the watch-fed cache with one authoritative list per kind.
+        Listed in pages, each slimmed as it arrives: thousands of objects decoded at once would set
+        the process's memory high-water mark (which it keeps) every few minutes."""
         custom = kubernetes.client.CustomObjectsApi(self.api)
         core = kubernetes.client.CoreV1Api(self.api)
-        namespaces = self.settings.namespaces or (None,)
-        generations: list[dict[str, Any]] = []
-        pods: list[dict[str, Any]] = []
+        listed: dict[str, list[dict[str, Any]]] = {"generations": [], "pods": []}
         versions: list[int] = []  # each list's resourceVersion: the cache keeps what the watch saw later
-        for namespace in namespaces:
-            if namespace is None:
-                listing = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=(5, 30))
-                pod_list = core.list_pod_for_all_namespaces(
-                    label_selector=WORKER_SELECTOR, _preload_content=False, _request_timeout=(5, 30)
-                )
+
+        def page(kind: str, namespace: str | None, token: str | None) -> dict[str, Any]:
+            options: dict[str, Any] = {
+                "limit": 500,
+                "_continue": token,
+                "_preload_content": False,
+                "_request_timeout": (5, 30),
+            }
+            if kind == "pods":
+                options["label_selector"] = WORKER_SELECTOR
+                if namespace is None:
+                    response = core.list_pod_for_all_namespaces(**options)
+                else:
+                    response = core.list_namespaced_pod(namespace, **options)
+            elif namespace is None:
+                response = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
             else:
-                listing = custom.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, _request_timeout=(5, 30)
-                )
-                pod_list = core.list_namespaced_pod(
-                    namespace, label_selector=WORKER_SELECTOR, _preload_content=False, _request_timeout=(5, 30)
-                )
-            pod_listing = json.loads(pod_list.data)
-            generations += listing["items"]
-            pods += pod_listing["items"]
-            versions += [int(listing["metadata"]["resourceVersion"]), int(pod_listing["metadata"]["resourceVersion"])]
-        self.cache.replace("generations", generations, listed_at=min(versions))
-        self.cache.replace("pods", pods, listed_at=min(versions))
+                response = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **options)
+            result: dict[str, Any] = json.loads(response.data)
+            return result
+
+        for namespace in self.settings.namespaces or (None,):
+            for kind, bodies in listed.items():
+                listing = page(kind, namespace, None)
+                versions.append(int(listing["metadata"]["resourceVersion"]))  # later pages share its snapshot
+                while True:
+                    bodies += [slim(kind, body) for body in listing["items"]]
+                    token = listing["metadata"].get("continue")
+                    if not token:
+                        break
+                    listing = page(kind, namespace, token)
+        for kind, bodies in listed.items():
+            self.cache.replace(kind, bodies, listed_at=min(versions))
 
     def run_pass(self, trigger: Trigger, *, refresh: bool) -> tuple[TriggerResult, float | None, bool]:
         started = time.perf_counter()

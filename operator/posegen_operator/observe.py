@@ -10,17 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from sqlalchemy import Connection, Engine
 
 from posegen_common import checkpoint, keys
 from posegen_common.checkpoint import GenerationSpec
-from posegen_operator.builders import FINALIZER, LABEL_ATTEMPT, RECOVER_ANNOTATION
+from posegen_operator.builders import FINALIZER, GROUP, LABEL_ATTEMPT, RECOVER_ANNOTATION
 from posegen_operator.planning import FINAL_PHASES, GenerationView, HeartbeatView, Observed, PodView, Policy
 from posegen_operator.settings import Settings
 
@@ -41,10 +42,46 @@ def _resource_version(body: Body) -> int:
         return 0
 
 
-def _slim(body: Body) -> Body:
-    """What the operator reads of an object; managedFields alone are often most of its size."""
-    metadata = {key: value for key, value in body["metadata"].items() if key != "managedFields"}
-    return {**body, "metadata": metadata}
+_KEPT_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "finalizers",
+    "ownerReferences",
+    "labels",
+)
+
+
+def slim(kind: str, body: Body) -> Body:
+    """What the operator reads of an object: identity and lifecycle metadata, labels, our own
+    annotations, status, and a generation's spec. The rest (managedFields, a last-applied
+    configuration, a pod's spec) is most of an object's size, and with thousands of objects cached,
+    most of the operator's memory. Strings are interned: the objects repeat each other's keys and
+    most values, and each watch event brings its own copies."""
+    metadata = body["metadata"]
+    kept: Body = {key: metadata[key] for key in _KEPT_METADATA if key in metadata}
+    own = {key: value for key, value in (metadata.get("annotations") or {}).items() if key.startswith(f"{GROUP}/")}
+    if own:
+        kept["annotations"] = own
+    slim: Body = {"metadata": kept}
+    for part in ("spec", "status") if kind == "generations" else ("status",):
+        if part in body:
+            slim[part] = body[part]
+    return cast(Body, _interned(slim))
+
+
+def _interned(value: Any) -> Any:
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {sys.intern(key): _interned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interned(item) for item in value]
+    return value
 
 
 class ObjectCache:
@@ -65,7 +102,7 @@ class ObjectCache:
                 return  # a late event for something already deleted
             current = self._objects[kind].get(uid)
             if current is None or _resource_version(body) >= _resource_version(current):
-                self._objects[kind][uid] = _slim(body)
+                self._objects[kind][uid] = slim(kind, body)
                 if kind == "pods":
                     for owner in _owners(body):
                         self._pods_by_owner.setdefault(owner, set()).add(uid)
@@ -93,7 +130,7 @@ class ObjectCache:
                     continue  # deleted after the list was taken
                 current = cached.get(uid)
                 newer = current is not None and _resource_version(current) > _resource_version(body)
-                merged[uid] = current if current is not None and newer else _slim(body)
+                merged[uid] = current if current is not None and newer else slim(kind, body)
             for uid, current in cached.items():
                 if uid not in merged and _resource_version(current) > listed_at:
                     merged[uid] = current  # created after the list was taken

@@ -1,4 +1,4 @@
-"""The watch-fed cache: newer versions win, pods are indexed by owner, managedFields are dropped,
+"""The watch-fed cache: newer versions win, pods are indexed by owner, only what the operator reads is kept,
 and a re-list never undoes what the watch saw while the list was in flight."""
 
 from __future__ import annotations
@@ -76,3 +76,35 @@ def test_a_relist_never_overwrites_a_newer_cached_version() -> None:
     cache.replace("generations", [obj("g", 20, name="relisted")], listed_at=21)
     (only,) = cache.generations()
     assert only["metadata"]["name"] == "relisted"
+
+
+def test_only_what_the_operator_reads_is_cached() -> None:
+    cache = ObjectCache()
+    generation = obj(
+        "g",
+        1,
+        name="g",
+        namespace="ns",
+        annotations={"posegen.io/recover": "r1", "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+    )
+    generation |= {"apiVersion": "posegen.io/v1", "spec": {"suspend": True}, "status": {"phase": "Suspended"}}
+    cache.upsert("generations", generation)
+    pod = obj("p", 1, ("g",), name="p", labels={"posegen.io/attempt": "1"})
+    pod |= {"spec": {"containers": [{"name": "worker"}]}, "status": {"phase": "Running"}}
+    cache.upsert("pods", pod)
+    (cached,) = cache.generations()
+    assert cached == {
+        "metadata": {
+            "name": "g",
+            "namespace": "ns",
+            "uid": "g",
+            "resourceVersion": "1",
+            "annotations": {"posegen.io/recover": "r1"},
+        },
+        "spec": {"suspend": True},
+        "status": {"phase": "Suspended"},
+    }
+    (cached_pod,) = cache.pods_of("g")
+    assert "spec" not in cached_pod  # a pod's spec is never read
+    assert cached_pod["metadata"]["labels"] == {"posegen.io/attempt": "1"}
+    assert cached_pod["status"] == {"phase": "Running"}
