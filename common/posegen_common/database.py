@@ -3,11 +3,16 @@ operator replicas starting together cannot race."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK_ID = 0x706F736567656E  # "posegen"
@@ -43,7 +48,14 @@ def create_db_engine(
     )
 
 
+class MigrationError(RuntimeError):
+    """The schema could not be brought to head."""
+
+
 def alembic_config(url: str) -> Config:
+    # Alembic weighs ~11 MiB once imported: only a process that migrates loads it (not the workers).
+    from alembic.config import Config  # noqa: PLC0415
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
@@ -52,6 +64,8 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Bring the schema to head; safe to run from several processes at once."""
+    from alembic import command  # noqa: PLC0415 - see alembic_config
+
     engine = create_db_engine(url, application_name="posegen-migrate", pool_size=1, statement_timeout_ms=120000)
     try:
         with engine.connect() as conn:
@@ -68,10 +82,26 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
+def migrate_in_child(url: str, timeout: float = 300) -> None:
+    """``migrate`` in a child process (the operator's start-up): what migrating loads and allocates
+    is given back when it exits, instead of staying in a long-lived process's memory."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "posegen_common.database"],
+            env={**os.environ, "DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise MigrationError(f"migrations did not finish within {timeout:.0f}s") from error
+    if result.returncode != 0:
+        raise MigrationError(f"migrations failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}")
+
+
 def main() -> None:
     """``python -m posegen_common.database``: run the migrations (the chart's migration Job)."""
-    import os  # noqa: PLC0415 - only the command line needs it
-
     migrate(os.environ["DATABASE_URL"])
     print("database schema is up to date")
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import start_http_server
 from sqlalchemy import Engine
 
-from posegen_common.database import create_db_engine, migrate
+from posegen_common.database import create_db_engine, migrate_in_child
 from posegen_operator.act import PARALLEL_RESOURCES
 from posegen_operator.api import ApiContext, build_app
 from posegen_operator.controller import Controller
@@ -71,7 +71,7 @@ class Runtime:
 
     async def start(self) -> None:
         if self.settings.migrate_on_start:
-            await asyncio.to_thread(migrate, self.settings.database_url)
+            await asyncio.to_thread(migrate_in_child, self.settings.database_url)
             log.info("database schema is up to date")
         start_http_server(self.settings.metrics_port, registry=self.metrics.registry)
         context = ApiContext(
