@@ -85,8 +85,8 @@ def _interned(value: Any) -> Any:
 
 
 class ObjectCache:
-    """PoseGenerations and worker pods by uid; watch events may arrive late or twice, so an older
-    resourceVersion never overwrites a newer one. A re-list is merged, not swapped in: what the
+    """PoseGenerations and worker pods by uid; watch events may arrive late or twice, so only a
+    newer resourceVersion replaces what is cached. A re-list is merged, not swapped in: what the
     watch delivered while the list was in flight (a creation, a deletion) is newer than the list."""
 
     def __init__(self) -> None:
@@ -101,7 +101,7 @@ class ObjectCache:
             if self._deleted[kind].get(uid, -1) >= _resource_version(body):
                 return  # a late event for something already deleted
             current = self._objects[kind].get(uid)
-            if current is None or _resource_version(body) >= _resource_version(current):
+            if current is None or _resource_version(body) > _resource_version(current):
                 self._objects[kind][uid] = slim(kind, body)
                 if kind == "pods":
                     for owner in _owners(body):
