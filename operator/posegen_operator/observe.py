@@ -67,11 +67,11 @@ def slim(kind: str, body: Body) -> Body:
     own = {key: value for key, value in (metadata.get("annotations") or {}).items() if key.startswith(f"{GROUP}/")}
     if own:
         kept["annotations"] = own
-    slim: Body = {"metadata": kept}
+    read: Body = {"metadata": kept}
     for part in ("spec", "status") if kind == "generations" else ("status",):
         if part in body:
-            slim[part] = body[part]
-    return cast(Body, _interned(slim))
+            read[part] = body[part]
+    return cast(Body, _interned(read))
 
 
 def _interned(value: Any) -> Any:
