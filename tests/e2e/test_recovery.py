@@ -196,6 +196,7 @@ def test_health_reports_a_dependency_down_with_503(cluster: Cluster) -> None:
         os.kill(int(pid_file.read_text()), signal.SIGCONT)
 
 
+@pytest.mark.usefixtures("slow_poses")  # 500 poses must take well over the 30 s deadline
 def test_the_deadline_fails_a_generation_and_stops_its_worker(cluster: Cluster, namespace: str) -> None:
     create_generation(cluster, namespace, "late", variationCount=500, recovery={"deadlineSeconds": 30})
     running = wait_for_status(cluster, namespace, "late", lambda s: bool(s.get("workerPod")), what="a worker")
