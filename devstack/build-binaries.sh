@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Builds the local control plane from the Go module proxy, once per version, into a cache outside
-# the repo: kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes (through a
-# wrapper module that swaps each staging module for its published k8s.io/* release), etcd from
-# go.etcd.io/etcd/server/v3, and helm. Prints the bin directory on stdout.
+# Builds the local cluster from the Go module proxy, once per version, into a cache outside the
+# repo: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl from
+# k8s.io/kubernetes (through a wrapper module that swaps each staging module for its published
+# k8s.io/* release), etcd from go.etcd.io/etcd/server/v3, helm, and the distribution registry.
+# Prints the bin directory on stdout.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+REGISTRY_VERSION=${REGISTRY_VERSION:-v3.1.0}
 CACHE=${POSEGEN_CACHE:-$HOME/.cache/posegen}
-BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
+BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-registry-$REGISTRY_VERSION"
 log() { echo "[build-binaries] $*" >&2; }
 
 mkdir -p "$BIN"
 export GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
 build_kubernetes() {
-  local names=(kube-apiserver kube-controller-manager kubectl) missing=()
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl) missing=()
   for n in "${names[@]}"; do [ -x "$BIN/$n" ] || missing+=("$n"); done
   [ ${#missing[@]} -eq 0 ] && return
   local mod="$CACHE/src/kubernetes-$K8S_VERSION"
@@ -38,8 +40,9 @@ build_kubernetes() {
     sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$upstream_mod" \
       | while read -r m; do echo "replace $m => $m $staging_version"; done
   } >"$mod/go.mod"
-  (cd "$mod" && go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" \
-      "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION" "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION" >&2)
+  local n pkgs=()
+  for n in "${names[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$n@$K8S_VERSION"); done
+  (cd "$mod" && go get "${pkgs[@]}" >&2)
   local stamp=""
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     stamp+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
@@ -81,7 +84,15 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
 }
 
+build_registry() {
+  [ -x "$BIN/registry" ] && return
+  log "building registry $REGISTRY_VERSION"
+  GOBIN="$BIN" go install -trimpath -ldflags "-s -w" \
+    "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION" >&2
+}
+
 build_etcd
 build_helm
+build_registry
 build_kubernetes
 echo "$BIN"
