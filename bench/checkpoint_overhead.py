@@ -36,7 +36,8 @@ from posegen_common.schema import pose_key
 from posegen_worker.generators import PoseRequest
 from posegen_worker.generators.embedded import EmbeddedGenerator
 from posegen_worker.heartbeat import Heartbeat
-from posegen_worker.run import ExitCode, Worker
+from posegen_common.exit_codes import ExitCode
+from posegen_worker.run import Worker
 from posegen_worker.settings import WorkerSettings
 
 NAME = "checkpoint_overhead"

@@ -32,7 +32,6 @@ class HeartbeatExpiryWatcher:
         self._stopping.set()
 
     def _run(self) -> None:
-        prefix = keys.heartbeat("")
         while not self._stopping.is_set():
             try:
                 self._enable_notifications()
@@ -43,8 +42,9 @@ class HeartbeatExpiryWatcher:
                     if message is None:
                         continue
                     key = message["data"].decode() if isinstance(message["data"], bytes) else str(message["data"])
-                    if key.startswith(prefix):
-                        self.on_expired(key[len(prefix) :])
+                    owner = keys.heartbeat_owner(key)
+                    if owner is not None:
+                        self.on_expired(owner[0])
             except redis.RedisError as error:
                 log.debug("heartbeat expiry watch interrupted (%s); the sweep covers meanwhile", error)
                 self._stopping.wait(RECONNECT_SECONDS)

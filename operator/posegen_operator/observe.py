@@ -280,7 +280,7 @@ class Observer:
             if refresh:
                 known = {body["metadata"]["uid"] for body in bodies}
                 orphans = frozenset(checkpoint.fetch_unfinished_ids(conn) - known)
-        processing = [i for i in ids if i in rows and rows[i].status == "processing"]
+        processing = [(i, rows[i].attempt) for i in ids if i in rows and rows[i].status == "processing"]
         heartbeats, trustworthy = self._heartbeats(processing)
         now = dt.datetime.now(dt.UTC)
         views = tuple(self._view(body, rows.get(body["metadata"]["uid"]), pods_by_owner, heartbeats) for body in active)
@@ -329,22 +329,22 @@ class Observer:
             heartbeat=heartbeats.get(uid),
         )
 
-    def _heartbeats(self, generation_ids: list[str]) -> tuple[dict[str, HeartbeatView], bool]:
+    def _heartbeats(self, attempts: list[tuple[str, int]]) -> tuple[dict[str, HeartbeatView], bool]:
         """One MGET. Heartbeats are trusted only if Redis has been up longer than one TTL: right
         after a Redis restart every key is missing, and that must not look like a mass hang."""
-        if not generation_ids:
+        if not attempts:
             return {}, True
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.info("server")
-            pipe.mget([keys.heartbeat(i) for i in generation_ids])
+            pipe.mget([keys.heartbeat(i, attempt) for i, attempt in attempts])
             info, values = pipe.execute()
         except redis.RedisError as error:
             log.warning("redis unavailable, hang detection paused: %s", error)
             return {}, False
         trustworthy = int(info.get("uptime_in_seconds", 0)) >= self.settings.heartbeat_ttl
         beats: dict[str, HeartbeatView] = {}
-        for generation_id, raw in zip(generation_ids, values, strict=True):
+        for (generation_id, _attempt), raw in zip(attempts, values, strict=True):
             if raw is None:
                 continue
             try:

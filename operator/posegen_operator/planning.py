@@ -13,11 +13,9 @@ from enum import StrEnum
 from typing import Any
 
 from posegen_common.checkpoint import GenerationSpec, GenerationState
+from posegen_common.exit_codes import Fault, meaning
 from posegen_common.schema import GenerationStatus
 
-# Worker exit codes with a meaning for the operator (see posegen_worker.run.ExitCode).
-EXIT_SUPERSEDED = 3
-PERMANENT_EXIT_CODES = {4: "the generation's input was refused (bad prompt)", 5: "the image API refused the request"}
 
 
 class Phase(StrEnum):
@@ -433,12 +431,13 @@ def _check_worker(
 
     if current is not None and current.terminated:
         code = current.exit_code
-        if code in PERMANENT_EXIT_CODES:
+        exit_meaning = meaning(code)
+        if exit_meaning.fault == Fault.PERMANENT:
             _fail(
                 decision,
                 result.actions,
                 "PermanentFailure",
-                f"worker {current.name} exited with code {code}: {PERMANENT_EXIT_CODES[code]}",
+                f"worker {current.name} exited with code {code}: {exit_meaning.message}",
             )
             return
         if current.reason == "Evicted" or current.phase == "Succeeded":

@@ -19,7 +19,7 @@ from posegen_common.checkpoint import GenerationSpec, RecordedPose, Superseded
 from posegen_common.database import create_db_engine, migrate
 from posegen_common.schema import Base
 from posegen_operator.observe import RowCache
-from posegen_worker.run import ExitCode
+from posegen_common.exit_codes import ExitCode
 from tests.harness import SEED_DUPLICATE_QUERY, Cluster, sql
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ class Heartbeat:
         self, client: redis.Redis, generation_id: str, attempt: int, pod_name: str, ttl: float, interval: float
     ) -> None:
         self.client = client
-        self.key = keys.heartbeat(generation_id)
+        self.key = keys.heartbeat(generation_id, attempt)
         self.attempt = attempt
         self.pod_name = pod_name
         self.ttl_ms = int(ttl * 1000)

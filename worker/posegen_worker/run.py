@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -24,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from posegen_common import checkpoint
 from posegen_common.checkpoint import Checkpoint, PoseRecorded, RecordedPose, Superseded
 from posegen_common.database import create_db_engine
+from posegen_common.exit_codes import ExitCode
 from posegen_common.schema import pose_key, reference_for
 from posegen_worker.generators import (
     GeneratedPose,
@@ -41,18 +41,6 @@ log = logging.getLogger("posegen.worker")
 T = TypeVar("T")
 
 
-class ExitCode(IntEnum):
-    """The worker's exit codes; the operator reads them from the pod's container state."""
-
-    OK = 0  # completed, or stopped on SIGTERM with its progress recorded
-    FAILED = 1  # unexpected error: a recovery resumes from the checkpoint
-    SETTINGS = 2  # the pod's environment is wrong
-    SUPERSEDED = 3  # a newer attempt owns the generation: this worker must not write
-    BAD_INPUT = 4  # permanent: the generation cannot be produced as asked (bad prompt)
-    UPSTREAM_REFUSED = 5  # permanent: the image API refused the request
-
-
-PERMANENT_EXIT_CODES = frozenset({ExitCode.BAD_INPUT, ExitCode.UPSTREAM_REFUSED})
 
 
 class Worker:
