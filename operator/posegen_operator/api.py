@@ -16,7 +16,6 @@ from typing import Any
 
 import kubernetes
 import redis
-import requests
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 from sqlalchemy import Engine, text
@@ -130,13 +129,19 @@ async def recovery_status(context: ApiContext, _request: web.Request) -> web.Res
     return web.json_response(body)
 
 
-async def recovery_trigger(context: ApiContext, request: web.Request) -> web.Response:
-    elector = context.controller.elector
-    if not elector.is_leader:
-        if elector.leader_url and elector.leader_url != elector.advertise_url:
-            return await asyncio.to_thread(_forward_trigger, elector.leader_url, request.headers["Authorization"])
+async def recovery_trigger(context: ApiContext, _request: web.Request) -> web.Response:
+    if not context.controller.elector.is_leader:
+        # Never forwarded: the caller's token goes nowhere but here, least of all to an address
+        # read from the cluster. The caller (or its Service) retries and reaches the active replica.
+        active = await asyncio.to_thread(_active_replica, context)
         return web.json_response(
-            {"success": False, "recovered": 0, "failed": 0, "error": "no active replica yet; retry"},
+            {
+                "success": False,
+                "recovered": 0,
+                "failed": 0,
+                "error": "this replica is a standby; retry (the active replica runs the trigger)",
+                "activeReplica": active,
+            },
             status=503,
             headers={"Retry-After": "2"},
         )
@@ -147,20 +152,19 @@ async def recovery_trigger(context: ApiContext, request: web.Request) -> web.Res
     )
 
 
-def _forward_trigger(leader_url: str, authorization: str) -> web.Response:
-    """A standby hands the trigger to the active replica, so a Service may route to either."""
+def _active_replica(context: ApiContext) -> str | None:
+    """The Lease's holder identity, for the operator's logs and the caller; None when unknown."""
+    settings = context.settings
+    coordination = kubernetes.client.CoordinationV1Api(context.api)
     try:
-        answer = requests.post(
-            f"{leader_url}{BASE}/recovery/trigger", headers={"Authorization": authorization}, timeout=(3, 40)
+        lease = coordination.read_namespaced_lease(
+            settings.lease_name, settings.lease_namespace, _request_timeout=(3, 5)
         )
-        return web.json_response(answer.json(), status=answer.status_code)
-    except (requests.RequestException, ValueError) as error:
-        log.warning("could not reach the active replica at %s: %s", leader_url, type(error).__name__)
-        return web.json_response(
-            {"success": False, "recovered": 0, "failed": 0, "error": "the active replica is unreachable; retry"},
-            status=503,
-            headers={"Retry-After": "2"},
-        )
+    except Exception as error:  # an answer without the name is still the right answer
+        log.warning("lease %s/%s unreadable: %s", settings.lease_namespace, settings.lease_name, type(error).__name__)
+        return None
+    holder = lease.spec.holder_identity if lease.spec else None
+    return str(holder) if holder else None
 
 
 async def health(context: ApiContext, _request: web.Request) -> web.Response:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import kubernetes
 import pytest
 
-from tests.harness import Cluster, get_generation, seed_api, seed_generate, wait_for_phase
+from posegen_devstack.processes import free_port
+from tests.harness import Cluster, get_generation, seed_api, seed_generate, unique_name, wait_for_phase
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +92,73 @@ def test_generate_refuses_bad_bodies_with_the_reason(
         response = seed_api(cluster, "POST", "/generate", json=payload)
     assert response.status_code == 400, response.text
     assert reason in response.json()["error"]
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every request as an active replica would, and remembers its headers."""
+
+    received: list[dict[str, str]]
+
+    def do_POST(self) -> None:
+        type(self).received.append(dict(self.headers.items()))
+        body = b'{"success": true, "recovered": 0, "failed": 0}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the test reads ``received``."""
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A real HTTP listener on loopback: where a forged Lease annotation would send the trigger."""
+    received: list[dict[str, str]] = []
+    handler = type("Recorder", (_Recorder,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_standby_never_sends_the_token_to_an_address_from_the_lease(
+    cluster: Cluster, listener: tuple[str, list[dict[str, str]]]
+) -> None:
+    """Whoever can write the Lease must not learn the admin token: the standby answers 503 with
+    Retry-After and the holder's identity, and sends nothing to the forged address."""
+    url, received = listener
+    lease_name = unique_name("forged")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    kubernetes.client.CoordinationV1Api(cluster.api).create_namespaced_lease(
+        "default",
+        {
+            "metadata": {"name": lease_name, "annotations": {"posegen.io/api-url": url}},
+            "spec": {"holderIdentity": "forged-holder", "leaseDurationSeconds": 3600, "renewTime": now},
+        },
+    )
+    standby_api = free_port()
+    cluster.stack.start_operator(
+        "operator-forged",
+        POSEGEN_IDENTITY="standby-operator",
+        POSEGEN_LEASE_NAME=lease_name,
+        POSEGEN_API_PORT=str(standby_api),
+        POSEGEN_METRICS_PORT=str(free_port()),
+        POSEGEN_PROBE_PORT=str(free_port()),
+    )
+    try:
+        # Several triggers over more than two lease reads (a standby reads the Lease every 2 s).
+        for _ in range(12):
+            answer = seed_api(cluster, "POST", "/recovery/trigger", base_url=f"http://127.0.0.1:{standby_api}")
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Retry-After"] == "2"
+            assert answer.json()["activeReplica"] == "forged-holder"
+            assert answer.json()["success"] is False
+            time.sleep(0.5)
+        assert received == [], "the standby sent a request to the address in the Lease"
+        assert "trigger: manual" not in cluster.stack.log("operator-forged").read_text()
+    finally:
+        cluster.stack.stop_operator("operator-forged")
