@@ -40,6 +40,8 @@ GENERATE_FIELDS = {
     "name",
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY_BYTES = 64 * 1024
+JSON_TYPES = {"application/json"}
 
 
 @dataclass
@@ -54,7 +56,7 @@ class ApiContext:
 
 
 def build_app(context: ApiContext) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024, middlewares=[_count(context), _auth(context)])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_count(context), _auth(context)])
     app.router.add_get(f"{BASE}/recovery/status", _handler(context, recovery_status))
     app.router.add_post(f"{BASE}/recovery/trigger", _handler(context, recovery_trigger))
     app.router.add_get(f"{BASE}/health", _handler(context, health))
@@ -73,7 +75,8 @@ def _auth(context: ApiContext) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in PUBLIC_PATHS:
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
+        # aiohttp keeps undecodable header bytes as surrogates: encode them back, never fail on them.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         # Constant time: the comparison does not reveal how much of a guess was right.
         if not hmac.compare_digest(given, expected):
             return web.json_response(
@@ -209,11 +212,9 @@ async def ready(context: ApiContext, _request: web.Request) -> web.Response:
 
 async def generate(context: ApiContext, request: web.Request) -> web.Response:
     try:
-        payload = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _bad_request("the body must be a JSON object")
-    if not isinstance(payload, dict):
-        return _bad_request("the body must be a JSON object")
+        payload = await _json_object(request)
+    except _BadInput as error:
+        return _bad_request(error.reason, error.status)
     unknown = sorted(set(payload) - GENERATE_FIELDS)
     if unknown:
         return _bad_request(f"unknown fields: {', '.join(unknown)}")
@@ -233,7 +234,12 @@ async def generate(context: ApiContext, request: web.Request) -> web.Response:
             return _bad_request(_api_message(error), status=409 if error.status == 409 else 400)
         if error.status == 404:
             return _bad_request(f"namespace {namespace!r} not found", status=404)
+        if error.status == 403:
+            return _bad_request(f"the operator may not create generations in namespace {namespace!r}", status=403)
         log.warning("generate: the API server answered %s", error.status)
+        return web.json_response({"error": "the generation could not be created; retry"}, status=503)
+    except Exception as error:  # the API server unreachable: not the caller's fault, and no traceback
+        log.warning("generate: the API server is unreachable: %s", type(error).__name__)
         return web.json_response({"error": "the generation could not be created; retry"}, status=503)
     meta = created["metadata"]
     return web.json_response(
@@ -246,6 +252,56 @@ async def generate(context: ApiContext, request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+class _BadInput(Exception):
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason, self.status = reason, status
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object of flat fields, or _BadInput saying what is wrong with it."""
+    if request.headers.get("Content-Type") is not None and request.content_type not in JSON_TYPES:
+        raise _BadInput(f"the body must be application/json, not {request.content_type!r}", 415)
+    if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+        raise _BadInput(f"charset {request.charset!r} is not supported: send UTF-8", 415)
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise _BadInput(f"the body is larger than {MAX_BODY_BYTES} bytes", 413)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as error:  # chunked, so no Content-Length to check first
+        raise _BadInput(f"the body is larger than {MAX_BODY_BYTES} bytes", 413) from error
+    try:
+        payload = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as error:
+        raise _BadInput("the body is not valid UTF-8") from error
+    except RecursionError as error:
+        raise _BadInput("the body is nested too deeply") from error
+    except ValueError as error:  # JSONDecodeError, NaN/Infinity, integers beyond 4300 digits
+        raise _BadInput(f"the body must be a JSON object ({error})") from error
+    if not isinstance(payload, dict):
+        raise _BadInput("the body must be a JSON object")
+    for key, value in payload.items():
+        # Every field is a scalar or a list of scalars: deeper values are not ours to pass on.
+        items = value if isinstance(value, list) else [value]
+        if not all(item is None or isinstance(item, str | int | float) for item in items):
+            raise _BadInput(f"{key} must be a string, a number, a boolean or a list of strings")
+        if not all(_encodable(item) for item in [key, *items] if isinstance(item, str)):
+            raise _BadInput(f"{key} holds text that is not valid Unicode")
+    return payload
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from "\ud800" in the JSON
+        return False
+    return True
 
 
 def _bad_request(reason: str, status: int = 400) -> web.Response:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +15,15 @@ import kubernetes
 import pytest
 
 from posegen_devstack.processes import free_port
-from tests.harness import Cluster, get_generation, seed_api, seed_generate, unique_name, wait_for_phase
+from tests.harness import (
+    SEED_API,
+    Cluster,
+    get_generation,
+    seed_api,
+    seed_generate,
+    unique_name,
+    wait_for_phase,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +172,96 @@ def test_a_standby_never_sends_the_token_to_an_address_from_the_lease(
         assert "trigger: manual" not in cluster.stack.log("operator-forged").read_text()
     finally:
         cluster.stack.stop_operator("operator-forged")
+
+
+# ---- bad input: 4xx with a reason, never 5xx --------------------------------------------------
+def raw_post(
+    cluster: Cluster, path: str, body: bytes, headers: dict[str, str | bytes], *, token: bool = True
+) -> tuple[int, str]:
+    """A request as a hostile client sends it: header values as raw bytes, bodies unchecked."""
+    host, port = cluster.stack.api_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest("POST", f"{SEED_API}{path}")
+        if token:
+            connection.putheader("Authorization", f"Bearer {cluster.stack.config.admin_token}")
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        if "Content-Length" not in headers and "Transfer-Encoding" not in headers:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+JSON = {"Content-Type": "application/json"}
+VALID = b'{"projectId": "p", "generationType": "TEXT_DESCRIPTION", "textPrompt": "x", "namespace": "nowhere"}'
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "reason"),
+    [
+        (b"[" * 60_000, JSON, 400, "nested too deeply"),
+        (b'{"projectId": ' + b"[" * 900 + b"]" * 900 + b"}", JSON, 400, "projectId must be a string"),
+        (b'{"projectId": {"a": 1}}', JSON, 400, "projectId must be a string"),
+        (b'{"variationCount": NaN}', JSON, 400, "NaN is not a JSON number"),
+        (b'{"variationCount": ' + b"9" * 5000 + b"}", JSON, 400, "must be a JSON object"),
+        (b'{"textPrompt": "\\ud800"}', JSON, 400, "textPrompt holds text that is not valid Unicode"),
+        (b'{"textPrompt": "\xff\xfe"}', JSON, 400, "not valid UTF-8"),
+        (VALID, {"Content-Type": "application/json; charset=klingon"}, 415, "charset 'klingon' is not supported"),
+        (VALID, {"Content-Type": "application/json; charset=latin-1"}, 415, "send UTF-8"),
+        (VALID, {"Content-Type": "text/plain"}, 415, "must be application/json"),
+        (VALID, {"Content-Type": "application/x-www-form-urlencoded"}, 415, "must be application/json"),
+        (b'{"textPrompt": "' + b"x" * 100_000 + b'"}', JSON, 413, "larger than 65536 bytes"),
+        # A Content-Length far beyond the limit is refused before waiting for the body.
+        (b"{}", {**JSON, "Content-Length": "99999999999"}, 413, "larger than 65536 bytes"),
+    ],
+    ids=[
+        "deeply-nested",
+        "nested-field",
+        "object-field",
+        "nan",
+        "huge-integer",
+        "lone-surrogate",
+        "not-utf8",
+        "unknown-charset",
+        "other-charset",
+        "text-plain",
+        "form",
+        "oversized-body",
+        "oversized-content-length",
+    ],
+)
+def test_generate_answers_bad_bodies_with_4xx_and_the_reason(
+    cluster: Cluster, body: bytes, headers: dict[str, str | bytes], status: int, reason: str
+) -> None:
+    code, text = raw_post(cluster, "/generate", body, headers)
+    assert code == status, text
+    assert reason in json.loads(text)["error"]
+
+
+def test_a_chunked_oversized_body_is_413(cluster: Cluster) -> None:
+    chunks = (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 8 + b"0\r\n\r\n"
+    code, text = raw_post(cluster, "/generate", chunks, {**JSON, "Transfer-Encoding": "chunked"})
+    assert code == 413, text
+    assert "larger than 65536 bytes" in json.loads(text)["error"]
+
+
+@pytest.mark.parametrize("path", ["/generate", "/recovery/trigger"])
+def test_a_non_utf8_authorization_header_is_401(cluster: Cluster, path: str) -> None:
+    code, text = raw_post(cluster, path, b"{}", {**JSON, "Authorization": b"Bearer \xff\xfe\xfd"}, token=False)
+    assert code == 401, text
+    assert json.loads(text) == {"error": "unauthorized"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Padding": "a" * 20_000}, {f"X-Padding-{i}": "a" for i in range(500)}],
+    ids=["oversized-header", "too-many-headers"],
+)
+def test_oversized_headers_are_400(cluster: Cluster, headers: dict[str, str | bytes]) -> None:
+    code, text = raw_post(cluster, "/generate", b"{}", {**JSON, **headers})
+    assert code == 400, text
+    assert text  # aiohttp names the limit that was exceeded
