@@ -18,11 +18,12 @@ import kubernetes
 import redis
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from posegen_common import checkpoint, keys
 from posegen_operator.builders import GROUP, KIND, PLURAL, VERSION
 from posegen_operator.controller import Controller
+from posegen_operator.health import HealthCheck
 from posegen_operator.metrics import Metrics
 from posegen_operator.settings import Settings
 
@@ -59,9 +60,15 @@ def build_app(context: ApiContext) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_count(context), _auth(context)])
     app.router.add_get(f"{BASE}/recovery/status", _handler(context, recovery_status))
     app.router.add_post(f"{BASE}/recovery/trigger", _handler(context, recovery_trigger))
-    app.router.add_get(f"{BASE}/health", _handler(context, health))
+    checker = HealthCheck(context.settings.database_url, context.settings.redis_url)
+    app.router.add_get(f"{BASE}/health", _health(checker))
     app.router.add_post(f"{BASE}/generate", _handler(context, generate))
     app.router.add_get("/readyz", _handler(context, ready))
+
+    async def close_checker(_app: web.Application) -> None:
+        await asyncio.to_thread(checker.close)
+
+    app.on_cleanup.append(close_checker)
     return app
 
 
@@ -170,37 +177,16 @@ def _active_replica(context: ApiContext) -> str | None:
     return str(holder) if holder else None
 
 
-async def health(context: ApiContext, _request: web.Request) -> web.Response:
-    def check() -> tuple[dict[str, Any], bool]:
-        checks: dict[str, Any] = {}
-        counts: dict[str, int] = {}
-        try:
-            with context.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-                counts = checkpoint.status_counts(conn)
-            checks["database"] = {"status": "connected"}
-        except Exception:
-            checks["database"] = {"status": "disconnected"}
-        try:
-            context.redis.ping()
-            checks["redis"] = {"status": "connected"}
-        except redis.RedisError:
-            checks["redis"] = {"status": "disconnected"}
-        healthy = all(check["status"] == "connected" for check in checks.values())
-        checks["queue"] = {
-            "status": "operational" if healthy else "degraded",
-            "counts": {
-                "waiting": counts.get("queued", 0),
-                "active": counts.get("processing", 0),
-                "failed": counts.get("failed", 0),
-            },
-        }
-        return checks, healthy
+def _health(checker: HealthCheck) -> Handler:
+    async def health(_request: web.Request) -> web.StreamResponse:
+        answer = await checker.answer()
+        return web.json_response(
+            {"status": "healthy" if answer.healthy else "unhealthy", "checks": answer.checks},
+            status=200 if answer.healthy else 503,
+            headers={"X-Checked-At": answer.checked_at},
+        )
 
-    checks, healthy = await asyncio.to_thread(check)
-    return web.json_response(
-        {"status": "healthy" if healthy else "unhealthy", "checks": checks}, status=200 if healthy else 503
-    )
+    return health
 
 
 async def ready(context: ApiContext, _request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.harness import (
     get_generation,
     seed_api,
     seed_generate,
+    sql,
     unique_name,
     wait_for_phase,
 )
@@ -43,6 +45,24 @@ def test_health_has_the_seed_shape(cluster: Cluster) -> None:
     ("method", "path"), [("GET", "/recovery/status"), ("POST", "/recovery/trigger"), ("POST", "/generate")]
 )
 @pytest.mark.parametrize("token", [None, "wrong-token", "Bearer"])
+def test_health_is_cached_and_checked_on_a_pool_of_its_own(cluster: Cluster) -> None:
+    """A flood of probes costs at most one check per second or two, on one connection that is not
+    the controller's: the probe cannot starve the controller."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: seed_api(cluster, "GET", "/health", token=None), range(80)))
+    elapsed = time.monotonic() - started
+    assert all(answer.status_code == 200 for answer in answers)
+    checks = {answer.headers["X-Checked-At"] for answer in answers}
+    assert len(checks) <= 2 + elapsed, f"{len(checks)} checks for 80 probes in {elapsed:.1f}s"
+    connections = sql(
+        cluster,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'posegen-operator-health'"
+        " AND datname = current_database()",
+    )
+    assert connections == [(1,)]
+
+
 def test_admin_endpoints_refuse_without_the_token(cluster: Cluster, method: str, path: str, token: str | None) -> None:
     response = seed_api(cluster, method, path, token=token, json={"projectId": "x"})
     assert response.status_code == 401
