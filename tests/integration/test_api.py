@@ -41,10 +41,6 @@ def test_health_has_the_seed_shape(cluster: Cluster) -> None:
     assert set(body["checks"]["queue"]["counts"]) == {"waiting", "active", "failed"}
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), [("GET", "/recovery/status"), ("POST", "/recovery/trigger"), ("POST", "/generate")]
-)
-@pytest.mark.parametrize("token", [None, "wrong-token", "Bearer"])
 def test_health_is_cached_and_checked_on_a_pool_of_its_own(cluster: Cluster) -> None:
     """A flood of probes costs at most one check per second or two, on one connection that is not
     the controller's: the probe cannot starve the controller."""
@@ -63,6 +59,10 @@ def test_health_is_cached_and_checked_on_a_pool_of_its_own(cluster: Cluster) -> 
     assert connections == [(1,)]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/recovery/status"), ("POST", "/recovery/trigger"), ("POST", "/generate")]
+)
+@pytest.mark.parametrize("token", [None, "wrong-token", "Bearer"])
 def test_admin_endpoints_refuse_without_the_token(cluster: Cluster, method: str, path: str, token: str | None) -> None:
     response = seed_api(cluster, method, path, token=token, json={"projectId": "x"})
     assert response.status_code == 401
