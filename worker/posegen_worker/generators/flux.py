@@ -116,7 +116,7 @@ class DestinationPolicy:
         if self.allow_private_addresses:
             return
         try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
         except OSError as error:
             raise ValueError(f"sample host {host!r} does not resolve: {error}") from error
         for address in addresses:
