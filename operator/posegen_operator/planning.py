@@ -17,7 +17,6 @@ from posegen_common.exit_codes import Fault, meaning
 from posegen_common.schema import GenerationStatus
 
 
-
 class Phase(StrEnum):
     PENDING = "Pending"
     QUEUED = "Queued"

@@ -412,7 +412,10 @@ def failed(name: str, reason: str, cause: str) -> list[Action]:
 
 @pytest.mark.parametrize(
     ("code", "meaning"),
-    [(4, "the generation's input was refused (bad prompt)"), (5, "the image API refused the request")],
+    [
+        (4, "the generation's input was refused (bad prompt)"),
+        (5, "the image API refused the request (check the API key and the prompt)"),
+    ],
 )
 def test_permanent_exit_codes_fail_without_recovery(code: int, meaning: str) -> None:
     view = crashed("a", exit_code=code)
