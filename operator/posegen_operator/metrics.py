@@ -7,7 +7,7 @@ from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from posegen_operator.planning import Reason
+from posegen_operator.model import Reason
 
 PREFIX = "posegen"
 RECOVERY_REASONS = tuple(str(reason) for reason in Reason)

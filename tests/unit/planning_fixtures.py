@@ -12,17 +12,9 @@ from typing import Any, TypeVar
 
 from posegen_common.checkpoint import GenerationSpec, GenerationState
 from posegen_common.schema import GenerationStatus
-from posegen_operator.planning import (
-    GenerationView,
-    HeartbeatView,
-    Observed,
-    PatchStatus,
-    Plan,
-    PlanConfig,
-    PodView,
-    Policy,
-    plan,
-)
+from posegen_operator.actions import PatchStatus, Plan
+from posegen_operator.model import GenerationView, HeartbeatView, PlanConfig, PodView, Policy, Snapshot
+from posegen_operator.rules import plan
 
 NAMESPACE = "poses"
 NOW = dt.datetime(2025, 6, 1, 12, 0, 0, tzinfo=dt.UTC)  # the operator's clock
@@ -194,8 +186,8 @@ def observe(
     trustworthy: bool = True,
     first_pass: bool = False,
     orphans: frozenset[str] = frozenset(),
-) -> Observed:
-    return Observed(
+) -> Snapshot:
+    return Snapshot(
         generations=views,
         now=now,
         db_now=db_now,

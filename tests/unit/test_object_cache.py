@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from posegen_operator.observe import ObjectCache
+from posegen_operator.cache import ObjectCache
 
 
 def obj(uid: str, version: int, owners: tuple[str, ...] = (), **meta: Any) -> dict[str, Any]:

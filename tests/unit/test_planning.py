@@ -10,25 +10,23 @@ from typing import Any
 import pytest
 
 from posegen_common.schema import GenerationStatus
-from posegen_operator.builders import RECOVER_ANNOTATION
-from posegen_operator.observe import needs_attention, policy_of
-from posegen_operator.planning import (
+from posegen_operator.actions import (
     Action,
     AddFinalizer,
     DeletePod,
-    Emit,
-    GenerationView,
     PatchStatus,
     Plan,
-    Reason,
+    PostEvent,
     Recovery,
-    Register,
+    RegisterRow,
     RemoveFinalizer,
     SetRowStatus,
     StartWorker,
-    backoff_seconds,
-    worker_pod_name,
 )
+from posegen_operator.builders import RECOVER_ANNOTATION
+from posegen_operator.model import GenerationView, Reason, worker_pod_name
+from posegen_operator.observe import needs_attention, policy_of
+from posegen_operator.rules import backoff_seconds
 from tests.unit.planning_fixtures import (
     CONFIG,
     DB_NOW,
@@ -82,8 +80,8 @@ def recovery_start(name: str, reason: Reason, detail: str, attempt: int = 1) -> 
     return StartWorker(key(name), uid(name), uid(name), attempt, reason, detail, POSES, TOTAL)
 
 
-def warning(name: str, reason: Reason, detail: str, new_attempt: int = 2) -> Emit:
-    return Emit(
+def warning(name: str, reason: Reason, detail: str, new_attempt: int = 2) -> PostEvent:
+    return PostEvent(
         key(name),
         uid(name),
         "Warning",
@@ -107,7 +105,7 @@ def test_new_resource_is_registered_started_and_reported() -> None:
     message = "worker a-w1 starting"
     assert result.actions == [
         AddFinalizer(key("a")),
-        Register(key("a"), spec("a")),
+        RegisterRow(key("a"), spec("a")),
         StartWorker(key("a"), uid("a"), uid("a"), expected_attempt=0, reason=None, detail="", total=TOTAL),
         PatchStatus(
             key("a"),
@@ -125,7 +123,7 @@ def test_new_resource_is_registered_started_and_reported() -> None:
                 "conditions": [progressing("True", "Processing", message)],
             },
         ),
-        Emit(key("a"), uid("a"), "Normal", "Started", message),
+        PostEvent(key("a"), uid("a"), "Normal", "Started", message),
     ]
     assert of_type(result, StartWorker)[0].attempt == 1
     assert result.recoveries == []
@@ -136,7 +134,7 @@ def test_a_registered_resource_with_our_finalizer_is_not_registered_again() -> N
     result = run(queued("a"))
 
     assert of_type(result, AddFinalizer) == []
-    assert of_type(result, Register) == []
+    assert of_type(result, RegisterRow) == []
     assert [s.expected_attempt for s in of_type(result, StartWorker)] == [0]
 
 
@@ -169,11 +167,11 @@ def test_concurrency_limit_starts_by_priority_then_age_and_queues_the_rest() -> 
         assert of_type(result, StartWorker, name) == []
         assert patch_of(result, name)["phase"] == "Queued"
         assert patch_of(result, name)["message"] == message
-        assert of_type(result, Emit, name) == [Emit(key(name), uid(name), "Normal", "Queued", message)]
+        assert of_type(result, PostEvent, name) == [PostEvent(key(name), uid(name), "Normal", "Queued", message)]
     for name in started:
         assert patch_of(result, name)["phase"] == "Processing"
         assert patch_of(result, name)["workerPod"] == f"{name}-w1"
-        assert [e.reason for e in of_type(result, Emit, name)] == ["Started"]
+        assert [e.reason for e in of_type(result, PostEvent, name)] == ["Started"]
 
 
 def test_equal_priority_and_age_are_ordered_by_namespace_and_name() -> None:
@@ -234,7 +232,7 @@ def test_a_queued_generation_already_reported_queued_is_quiet() -> None:
 def test_a_healthy_worker_needs_nothing_once_the_status_matches() -> None:
     view = healthy("a")
     first = run(view)
-    assert [type(a) for a in first.actions] == [PatchStatus, Emit]
+    assert [type(a) for a in first.actions] == [PatchStatus, PostEvent]
     assert patch_of(first, "a")["phase"] == "Processing"
     assert patch_of(first, "a")["workerPod"] == "a-w1"
     assert patch_of(first, "a")["startedAt"] == stamp(ago(100, DB_NOW))
@@ -338,7 +336,7 @@ def test_missing_pod_on_the_first_pass_is_an_orphan_of_the_restart() -> None:
     detail = "no worker pod for attempt 1 after an operator restart"
     (start,) = of_type(result, StartWorker)
     assert start == recovery_start("a", Reason.ORPHANED, detail)
-    assert of_type(result, Emit) == [warning("a", Reason.ORPHANED, detail)]
+    assert of_type(result, PostEvent) == [warning("a", Reason.ORPHANED, detail)]
     assert patch_of(result, "a")["lastRecoveryReason"] == "OrphanedAfterRestart"
 
 
@@ -349,7 +347,7 @@ def test_missing_pod_later_is_an_eviction() -> None:
 
     detail = "worker pod for attempt 1 is gone"
     assert of_type(result, StartWorker) == [recovery_start("a", Reason.EVICTED, detail)]
-    assert of_type(result, Emit) == [warning("a", Reason.EVICTED, detail)]
+    assert of_type(result, PostEvent) == [warning("a", Reason.EVICTED, detail)]
 
 
 def test_evicted_pod_is_an_eviction() -> None:
@@ -406,13 +404,16 @@ def failed(name: str, reason: str, cause: str) -> list[Action]:
                 ],
             },
         ),
-        Emit(key(name), uid(name), "Warning", "Failed", message),
+        PostEvent(key(name), uid(name), "Warning", "Failed", message),
     ]
 
 
 @pytest.mark.parametrize(
     ("code", "meaning"),
-    [(4, "the generation's input was refused (bad prompt)"), (5, "the image API refused the request")],
+    [
+        (4, "the generation's input was refused (bad prompt)"),
+        (5, "the image API refused the request (check the API key and the prompt)"),
+    ],
 )
 def test_permanent_exit_codes_fail_without_recovery(code: int, meaning: str) -> None:
     view = crashed("a", exit_code=code)
@@ -613,7 +614,7 @@ def test_max_recoveries_reached_fails_instead_of_recovering() -> None:
     assert patch["recoveries"] == 3  # the row's count: nothing was recovered
     failed = next(c for c in patch["conditions"] if c["type"] == "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "MaxRecoveriesExceeded")
-    assert [(e.type, e.reason) for e in of_type(result, Emit)] == [("Warning", "Failed")]
+    assert [(e.type, e.reason) for e in of_type(result, PostEvent)] == [("Warning", "Failed")]
 
 
 def test_second_recovery_within_the_backoff_waits() -> None:
@@ -624,7 +625,7 @@ def test_second_recovery_within_the_backoff_waits() -> None:
     detail = "worker a-w1 exited with code 137"
     assert of_type(result, StartWorker) == []
     assert of_type(result, DeletePod) == []
-    assert of_type(result, Emit) == []
+    assert of_type(result, PostEvent) == []
     assert result.recoveries == [Recovery(uid("a"), key("a"), Reason.CRASHED, detail, POSES, TOTAL, "backoff")]
     assert result.retry_after == pytest.approx(6)  # base 10 s - 4 s already waited
     patch = patch_of(result, "a")
@@ -687,7 +688,7 @@ def test_suspend_stops_the_worker_gracefully_and_holds_its_slot() -> None:
     assert result.queued == [uid("q")]
     patch = patch_of(result, "a")
     assert (patch["phase"], patch["message"], patch.get("workerPod", "a-w1")) == ("Suspended", message, "a-w1")
-    assert of_type(result, Emit, "a") == [Emit(key("a"), uid("a"), "Normal", "Suspended", message)]
+    assert of_type(result, PostEvent, "a") == [PostEvent(key("a"), uid("a"), "Normal", "Suspended", message)]
     assert result.retry_after == 1
 
 
@@ -753,7 +754,7 @@ def test_resume_starts_a_worker_without_a_recovery_reason() -> None:
     assert "recoveries" not in patch
     suspended_condition = next(c for c in patch["conditions"] if c["type"] == "Suspended")
     assert (suspended_condition["status"], suspended_condition["reason"]) == ("False", "Resumed")
-    assert of_type(result, Emit) == [Emit(key("a"), uid("a"), "Normal", "Started", message)]
+    assert of_type(result, PostEvent) == [PostEvent(key("a"), uid("a"), "Normal", "Started", message)]
 
 
 def test_resume_waits_for_a_free_slot() -> None:
@@ -807,7 +808,7 @@ def test_deletion_with_no_worker_cancels_the_row_and_releases_the_resource() -> 
 
     assert result.actions == [
         SetRowStatus(key("a"), uid("a"), GenerationStatus.CANCELLED, "cancelled by deletion"),
-        Emit(
+        PostEvent(
             key("a"),
             uid("a"),
             "Normal",
@@ -871,7 +872,7 @@ def test_completed_row_reports_completed_and_starts_nothing() -> None:
         "message": message,
         "lastTransitionTime": STAMP,
     }
-    assert of_type(result, Emit) == [Emit(key("a"), uid("a"), "Normal", "Completed", message)]
+    assert of_type(result, PostEvent) == [PostEvent(key("a"), uid("a"), "Normal", "Completed", message)]
     assert_quiet(settle(view))
 
 
@@ -938,7 +939,7 @@ def test_manual_check_recovers_a_silent_worker_without_the_startup_grace() -> No
     result = run(view)
 
     assert of_type(result, StartWorker) == [recovery_start("a", Reason.MANUAL, HUNG_DETAIL)]
-    assert of_type(result, Emit) == [warning("a", Reason.MANUAL, HUNG_DETAIL)]
+    assert of_type(result, PostEvent) == [warning("a", Reason.MANUAL, HUNG_DETAIL)]
     patch = patch_of(result, "a")
     assert (patch["lastRecoveryRequest"], patch["lastRecoveryReason"]) == ("check-1", "Manual")
 
