@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, text
 
+from posegen_common.secret_files import secret_value
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -102,7 +104,10 @@ def migrate_in_child(url: str, timeout: float = 300) -> None:
 
 def main() -> None:
     """``python -m posegen_common.database``: run the migrations (the chart's migration Job)."""
-    migrate(os.environ["DATABASE_URL"])
+    url = secret_value(os.environ, "DATABASE_URL")
+    if url is None:
+        sys.exit("DATABASE_URL (or DATABASE_URL_FILE, a file holding it) must be set")
+    migrate(url)
     print("database schema is up to date")
 
 

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,16 @@ def build_app(context: ApiContext) -> web.Application:
 
 
 PUBLIC_PATHS = {f"{BASE}/health", "/readyz"}
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The admin API's TLS context when a certificate is configured (for the API site), else None."""
+    if not settings.api_tls_cert_file or not settings.api_tls_key_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.api_tls_cert_file, settings.api_tls_key_file)
+    return context
 
 
 def _auth(context: ApiContext) -> Any:
