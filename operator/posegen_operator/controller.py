@@ -18,11 +18,13 @@ from sqlalchemy import Engine
 
 from posegen_operator.act import Actor
 from posegen_operator.cache import ObjectCache
+from posegen_operator.heartbeats import HeartbeatMonitor
 from posegen_operator.leader import LeaderElector
 from posegen_operator.listing import relist
 from posegen_operator.metrics import Metrics
 from posegen_operator.model import PlanConfig
 from posegen_operator.observe import Observer
+from posegen_operator.poison import PoisonLog
 from posegen_operator.reporting import Reporter, Trigger, TriggerResult
 from posegen_operator.rules import plan
 from posegen_operator.settings import Settings
@@ -55,7 +57,9 @@ class Controller:
         self.metrics = metrics
         self.elector = elector
         self.cache = cache or ObjectCache()
-        self.observer = Observer(settings, engine, redis_client, self.cache)
+        self.heartbeats = HeartbeatMonitor(redis_client, settings.heartbeat_ttl, settings.identity)
+        self.poison = PoisonLog(metrics)
+        self.observer = Observer(settings, engine, self.heartbeats, self.cache, self.poison)
         self.actor = Actor(settings, api, engine, redis_client, metrics, self.cache)
         self.reporter = Reporter(engine, redis_client, metrics, settings.stall_timeout)
         self.config = PlanConfig(
@@ -86,6 +90,11 @@ class Controller:
 
     def notify(self) -> None:
         """A watch event: run a pass soon (events arriving together share one pass)."""
+        self._wake.set()
+
+    def heartbeat_expired(self, generation_id: str, attempt: int) -> None:
+        """Redis reported a heartbeat expired: a pass soon decides whether that worker hangs."""
+        self.heartbeats.expired(generation_id, attempt)
         self._wake.set()
 
     def trigger(self, timeout: float = 30) -> TriggerResult:
@@ -164,6 +173,8 @@ class Controller:
         observation = self.observer.observe(first_pass=trigger == Trigger.STARTUP, refresh=refresh)
         snapshot = observation.snapshot
         decided = plan(snapshot, self.config)
+        for key, uid, error in decided.skipped:
+            self.poison.report("generations", uid, "", f"PoseGeneration {key[0]}/{key[1]} (not decided)", error)
         self.reporter.recovery_started(trigger, decided)
         acted = self.actor.execute(decided, observation.finalizers)
         outcome = self.reporter.pass_done(trigger, snapshot, decided, acted.recovered, acted.failed, observation.counts)

@@ -25,6 +25,7 @@ from posegen_operator.act.status import StatusActions
 from posegen_operator.actions import (
     Action,
     AddFinalizer,
+    CreatePod,
     DeletePod,
     PatchStatus,
     Plan,
@@ -73,6 +74,7 @@ class Actor:
             RemoveFinalizer: self.finalizers.remove,
             RegisterRow: rows.register,
             StartWorker: pods.start_worker,
+            CreatePod: pods.create,
             DeletePod: pods.delete,
             SetRowStatus: rows.set_status,
             PatchStatus: status.patch,
