@@ -88,7 +88,7 @@ class Metrics:
         )
         self.invalid_objects = Counter(
             f"{PREFIX}_invalid_objects_total",
-            "Objects skipped because they are malformed (each counted once per version).",
+            "Objects skipped because they are malformed (each object and fault counted once).",
             ["kind"],
             registry=r,
         )

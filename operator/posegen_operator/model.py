@@ -145,6 +145,7 @@ class Snapshot:
     orphan_row_ids: frozenset[str] = frozenset()  # unfinished rows whose resource is gone
     redis_reachable: bool = True
     invalid: tuple[InvalidGeneration, ...] = ()  # generations the operator cannot read
+    database_back_for: float | None = None  # seconds since the database came back from an outage
 
 
 def worker_pod_name(generation_name: str, attempt: int) -> str:

@@ -185,7 +185,7 @@ class Observer:
                 views.append(self._view(body, rows.get(meta["uid"]), heartbeats))
             except Exception as error:  # one object the operator cannot read must not stop the others
                 what = f"PoseGeneration {meta.get('namespace')}/{meta.get('name')}"
-                self.poison.report("generations", meta["uid"], str(meta.get("resourceVersion")), what, error)
+                self.poison.report("generations", meta["uid"], what, error)
                 invalid.append(
                     InvalidGeneration(
                         (meta["namespace"], meta["name"]),
@@ -249,11 +249,11 @@ class Observer:
             try:
                 pod = pod_view(body)
             except Exception as error:  # one object the operator cannot read must not stop the others
-                self.poison.report("pods", meta["uid"], str(meta.get("resourceVersion")), what, error)
+                self.poison.report("pods", meta["uid"], what, error)
                 continue
             if pod.attempt is None:
                 label = (meta.get("labels") or {}).get(LABEL_ATTEMPT)
                 malformed = ValueError(f"invalid {LABEL_ATTEMPT} label {label!r}")
-                self.poison.report("pods", meta["uid"], str(meta.get("resourceVersion")), what, malformed)
+                self.poison.report("pods", meta["uid"], what, malformed)
             pods.append(pod)
         return tuple(sorted(pods, key=lambda p: (p.attempt is None, p.attempt or 0)))

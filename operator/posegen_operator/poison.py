@@ -1,5 +1,6 @@
 """Malformed objects (a garbage label, a spec the operator cannot read): each is skipped, logged
-and counted once per version, and everything else goes on. A pass never fails for one object."""
+and counted once per object and fault, and everything else goes on. A pass never fails for one
+object."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ class PoisonLog:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._lock = threading.Lock()
-        self._reported: set[tuple[str, str, str]] = set()  # (kind, uid, resourceVersion)
+        self._reported: set[tuple[str, str, str]] = set()  # (kind, uid, fault)
 
-    def report(self, kind: str, uid: str, version: str, what: str, error: Exception) -> None:
+    def report(self, kind: str, uid: str, what: str, error: Exception) -> None:
+        entry = (kind, uid, f"{type(error).__name__}: {error}")
         with self._lock:
-            if (kind, uid, version) in self._reported:
+            if entry in self._reported:
                 return
-            self._reported.add((kind, uid, version))
+            self._reported.add(entry)
         self.metrics.invalid_objects.labels(kind=kind).inc()
         log.warning("skipping %s: %s: %s", what, type(error).__name__, error)
 

@@ -289,6 +289,8 @@ def _check_live_worker(
     ):
         return
     quiet = (snapshot.db_now - row.last_pose_at).total_seconds() if row.last_pose_at else 0.0
+    if snapshot.database_back_for is not None:
+        quiet = min(quiet, snapshot.database_back_for)  # nothing could be recorded during the outage
     if quiet > view.policy.stall_timeout:
         _recover(
             decision,

@@ -78,6 +78,29 @@ def render_invalid(invalid: InvalidGeneration, snapshot: Snapshot, result: Plan)
         result.actions.append(PostEvent(invalid.key, invalid.uid, "Warning", "InvalidObject", invalid.message))
 
 
+ACTIVE_PHASES = frozenset({"Pending", "Queued", "Processing", "Recovering"})
+
+
+def outage_patches(generations: list[dict[str, Any]], reason: str, message: str, now: dt.datetime) -> list[PatchStatus]:
+    """While the database is unreachable no pass can decide anything, but every generation in
+    play says so: Degraded with the reason, its other conditions as they were."""
+    patches = []
+    for body in generations:
+        status = body.get("status") or {}
+        if status.get("phase", "Pending") not in ACTIVE_PHASES:
+            continue
+        existing = status.get("conditions") or []
+        desired = {c["type"]: (c["status"], c.get("reason", ""), c.get("message", "")) for c in existing}
+        desired = {kind: desired.get(kind, ("Unknown", reason, "")) for kind in CONDITION_TYPES}
+        desired["Degraded"] = ("True", reason, message)
+        generation = int(body["metadata"].get("generation") or 0)
+        conditions = updated_conditions(existing, desired, generation, now)
+        if conditions != existing:
+            meta = body["metadata"]
+            patches.append(PatchStatus((meta["namespace"], meta["name"]), {"conditions": conditions}))
+    return patches
+
+
 def _announce_degradation(decision: Decision, existing: list[dict[str, Any]], result: Plan) -> None:
     """An Event when the generation becomes degraded for a cause no recovery Event tells of (a
     refused pod, a pod that does not start, Redis unreachable), once per change of cause."""
