@@ -7,6 +7,7 @@ kopf is never blocked. Error bodies say what was wrong with the request, never w
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hmac
 import json
 import logging
@@ -39,7 +40,6 @@ GENERATE_FIELDS = {
     "seed",
     "priority",
     "namespace",
-    "name",
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY_BYTES = 64 * 1024
@@ -216,11 +216,12 @@ async def generate(context: ApiContext, request: web.Request) -> web.Response:
     if unknown:
         return _bad_request(f"unknown fields: {', '.join(unknown)}")
     namespace = payload.pop("namespace", None) or context.default_namespace
-    name = payload.pop("name", None)
-    if not isinstance(namespace, str) or (name is not None and not isinstance(name, str)):
-        return _bad_request("namespace and name must be strings")
-    metadata: dict[str, Any] = {"name": name} if name else {"generateName": "gen-"}
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": metadata, "spec": payload}
+    if not isinstance(namespace, str):
+        return _bad_request("namespace must be a string")
+    if not generate_allowed(context.settings.generate_namespaces, context.default_namespace, namespace):
+        return _bad_request(f"namespace {namespace!r} is not open to /generate", status=403)
+    # Always a generated name: a caller cannot squat or guess the name of someone else's generation.
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"generateName": "gen-"}, "spec": payload}
     custom = kubernetes.client.CustomObjectsApi(context.api)
     try:
         created = await asyncio.to_thread(
@@ -299,6 +300,12 @@ def _encodable(value: str) -> bool:
     except UnicodeEncodeError:  # a lone surrogate, e.g. from "\ud800" in the JSON
         return False
     return True
+
+
+def generate_allowed(patterns: tuple[str, ...], default_namespace: str, namespace: str) -> bool:
+    """Whether /generate may create in ``namespace``: one of the allowlist's patterns (fnmatch, e.g.
+    ``team-*``) matches it; without an allowlist, only the default namespace."""
+    return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in patterns or (default_namespace,))
 
 
 def _bad_request(reason: str, status: int = 400) -> web.Response:

@@ -112,12 +112,27 @@ class WorkerTemplate:
 
 
 @dataclass(frozen=True)
+class Ceilings:
+    """What a tenant may ask for in a PoseGeneration at most (the admin's limits). The chart's
+    ValidatingAdmissionPolicy refuses more at admission; the operator clamps what got in before."""
+
+    priority: int = 100
+    deadline_seconds: int = 604800
+    max_recoveries: int = 100
+    stall_timeout_seconds: int = 86400
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     redis_url: str
     admin_token: str
     namespaces: tuple[str, ...]
     max_concurrent: int
+    max_concurrent_per_namespace: int  # worker slots one namespace may hold at once
+    ceilings: Ceilings
+    # fnmatch patterns of the namespaces /generate may create generations in; empty: the default one
+    generate_namespaces: tuple[str, ...]
     sweep_interval: float
     status_interval: float
     heartbeat_ttl: float
@@ -155,6 +170,7 @@ class Settings:
         )
         namespaces = tuple(n.strip() for n in (env.optional("POSEGEN_NAMESPACES") or "").split(",") if n.strip())
         log_format = env.choice("POSEGEN_LOG_FORMAT", "text", ("text", "json"))
+        max_concurrent = env.integer("POSEGEN_MAX_CONCURRENT", 10, minimum=1, maximum=100000)
         worker = WorkerTemplate(
             image=env.text("POSEGEN_WORKER_IMAGE", WorkerTemplate.image),
             command=tuple(env.json("POSEGEN_WORKER_COMMAND", list(WorkerTemplate.command), list)),
@@ -183,7 +199,25 @@ class Settings:
             redis_url=env.secret("REDIS_URL"),
             admin_token=env.secret("POSEGEN_ADMIN_TOKEN"),
             namespaces=namespaces,
-            max_concurrent=env.integer("POSEGEN_MAX_CONCURRENT", 10, minimum=1, maximum=100000),
+            max_concurrent=max_concurrent,
+            max_concurrent_per_namespace=env.integer(
+                "POSEGEN_MAX_CONCURRENT_PER_NAMESPACE", max_concurrent, minimum=1, maximum=max_concurrent
+            ),
+            ceilings=Ceilings(
+                priority=env.integer("POSEGEN_PRIORITY_CEILING", Ceilings.priority, minimum=-100, maximum=100),
+                deadline_seconds=env.integer(
+                    "POSEGEN_DEADLINE_CEILING_SECONDS", Ceilings.deadline_seconds, minimum=30, maximum=604800
+                ),
+                max_recoveries=env.integer(
+                    "POSEGEN_MAX_RECOVERIES_CEILING", Ceilings.max_recoveries, minimum=0, maximum=100
+                ),
+                stall_timeout_seconds=env.integer(
+                    "POSEGEN_STALL_TIMEOUT_CEILING_SECONDS", Ceilings.stall_timeout_seconds, minimum=10, maximum=86400
+                ),
+            ),
+            generate_namespaces=tuple(
+                n.strip() for n in (env.optional("POSEGEN_GENERATE_NAMESPACES") or "").split(",") if n.strip()
+            ),
             sweep_interval=env.number("POSEGEN_SWEEP_INTERVAL_SECONDS", 10, minimum=0.5, maximum=3600),
             status_interval=env.number("POSEGEN_STATUS_INTERVAL_SECONDS", 2, minimum=0.2, maximum=600),
             heartbeat_ttl=heartbeat_ttl,

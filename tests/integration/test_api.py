@@ -94,6 +94,17 @@ def test_generate_creates_a_posegeneration_that_completes(cluster: Cluster, name
     assert wait_for_phase(cluster, namespace, body["name"], "Completed")["generationId"] == body["generationId"]
 
 
+def test_generate_creates_only_in_allowed_namespaces_with_generated_names(cluster: Cluster, namespace: str) -> None:
+    body = {"projectId": "p", "generationType": "TEXT_DESCRIPTION", "textPrompt": "x"}
+    refused = seed_api(cluster, "POST", "/generate", json={**body, "namespace": "kube-system"})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"] == "namespace 'kube-system' is not open to /generate"
+    named = seed_api(cluster, "POST", "/generate", json={**body, "namespace": namespace, "name": "chosen"})
+    assert named.status_code == 400 and named.json()["error"] == "unknown fields: name"
+    created = seed_api(cluster, "POST", "/generate", json={**body, "namespace": namespace})
+    assert created.status_code == 201 and created.json()["name"].startswith("gen-")
+
+
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [

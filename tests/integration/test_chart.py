@@ -438,6 +438,91 @@ def test_tls_sslmode_and_no_credential_hash_in_the_pod(cluster: Cluster, namespa
     assert {"name": "PGSSLMODE", "value": "verify-full"} in job["env"]
 
 
+# ---- tenants' ceilings, enforced by the API server -----------------------------------------------
+@pytest.fixture
+def admission_policy(cluster: Cluster, namespace: str) -> Iterator[str]:
+    """The chart's ValidatingAdmissionPolicy, its binding (limited to this test's namespace, so no
+    other test meets it) and parameter ConfigMap, installed; yields the ConfigMap's name."""
+    manifest = render(
+        cluster,
+        "ci",
+        namespace,
+        "-f",
+        str(CHART / "ci" / "default-values.yaml"),
+        "--set-json",
+        f'watchNamespaces=["{namespace}"]',
+        "--show-only",
+        "templates/admission-policy.yaml",
+    )
+    cluster.kubectl("apply", "-f", "-", stdin=manifest)
+    yield next(d["metadata"]["name"] for d in documents(manifest) if d["kind"] == "ConfigMap")
+    cluster.kubectl("delete", "-f", "-", "--wait=false", stdin=manifest, check=False)
+
+
+def apply_generation(cluster: Cluster, namespace: str, name: str, **spec: object) -> subprocess.CompletedProcess[str]:
+    body: dict[str, object] = {
+        "projectId": "p",
+        "generationType": "TEXT_DESCRIPTION",
+        "textPrompt": "x",
+        "suspend": True,
+        **spec,
+    }
+    manifest = {"apiVersion": f"{GROUP}/v1", "kind": "PoseGeneration", "metadata": {"name": name}, "spec": body}
+    return cluster.kubectl("-n", namespace, "apply", "-f", "-", stdin=json.dumps(manifest), check=False)
+
+
+CEILINGS: list[tuple[dict[str, object], str]] = [
+    ({"priority": 11}, "spec.priority 11 is above the ceiling of 10 set by the cluster admin"),
+    ({"recovery": {"deadlineSeconds": 86401}}, "spec.recovery.deadlineSeconds 86401 is above the ceiling of 86400"),
+    ({"recovery": {"maxRecoveries": 11}}, "spec.recovery.maxRecoveries 11 is above the ceiling of 10"),
+    (
+        {"recovery": {"stallTimeoutSeconds": 3601}},
+        "spec.recovery.stallTimeoutSeconds 3601 is above the ceiling of 3600",
+    ),
+]
+
+
+def test_the_admission_policy_holds_tenants_to_the_admins_ceilings(
+    cluster: Cluster, namespace: str, admission_policy: str
+) -> None:
+    # The API server takes a moment to load a new policy: wait until the first refusal (fresh names:
+    # re-applying an admitted object unchanged is no spec write, which the policy lets through).
+    wait_for(
+        lambda: apply_generation(cluster, namespace, unique_name("probe"), priority=100).returncode != 0,
+        timeout=30,
+        interval=0.5,
+        what="the policy to take effect",
+    )
+    for spec, message in CEILINGS:
+        result = apply_generation(cluster, namespace, "over", **spec)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    at_the_ceilings = {"deadlineSeconds": 86400, "maxRecoveries": 10, "stallTimeoutSeconds": 3600}
+    assert apply_generation(cluster, namespace, "within", priority=10, recovery=at_the_ceilings).returncode == 0
+
+    # The admin lowers a ceiling by editing the parameter: it applies to new specs at once, while
+    # an object admitted before still takes metadata changes (the operator's finalizers, labels).
+    cluster.kubectl("-n", namespace, "patch", "configmap", admission_policy, "-p", '{"data": {"priority": "5"}}')
+    wait_for(
+        lambda: apply_generation(cluster, namespace, unique_name("lowered"), priority=6).returncode != 0,
+        timeout=30,
+        interval=0.5,
+        what="the lowered ceiling",
+    )
+    cluster.kubectl("-n", namespace, "label", "posegeneration", "within", "team=a")
+    refused = apply_generation(cluster, namespace, "within", priority=9, recovery=at_the_ceilings)
+    assert "spec.priority 9 is above the ceiling of 5" in refused.stderr
+
+
+def test_without_its_parameter_the_policy_refuses(cluster: Cluster, namespace: str, admission_policy: str) -> None:
+    cluster.kubectl("-n", namespace, "delete", "configmap", admission_policy)
+    wait_for(
+        lambda: apply_generation(cluster, namespace, unique_name("unparameterised")).returncode != 0,
+        timeout=30,
+        interval=0.5,
+        what="a refusal without the parameter",
+    )
+
+
 # ---- 2. the schema refuses bad values -----------------------------------------------------------
 @pytest.mark.parametrize(
     ("args", "message"),

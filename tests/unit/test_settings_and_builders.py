@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from posegen_devstack.pki import ensure_pki
-from posegen_operator.api import ssl_context
+from posegen_operator.api import generate_allowed, ssl_context
 from posegen_operator.builders import FINALIZER, build_event, build_worker_pod
-from posegen_operator.settings import Settings, SettingsError
+from posegen_operator.settings import Ceilings, Settings, SettingsError
 from posegen_worker.settings import SettingsError as WorkerSettingsError
 from posegen_worker.settings import WorkerSettings
 
@@ -151,3 +151,39 @@ def test_the_admin_api_serves_tls_with_the_configured_certificate(tmp_path: Path
     assert ssl_context(settings()) is None
     with pytest.raises(SettingsError, match="set both POSEGEN_API_TLS_CERT_FILE and POSEGEN_API_TLS_KEY_FILE"):
         settings(POSEGEN_API_TLS_CERT_FILE=str(pki.serving_cert))
+
+
+def test_ceilings_and_the_per_namespace_limit_are_settings() -> None:
+    s = settings(
+        POSEGEN_PRIORITY_CEILING="10",
+        POSEGEN_DEADLINE_CEILING_SECONDS="86400",
+        POSEGEN_MAX_RECOVERIES_CEILING="3",
+        POSEGEN_STALL_TIMEOUT_CEILING_SECONDS="900",
+        POSEGEN_MAX_CONCURRENT="10",
+        POSEGEN_MAX_CONCURRENT_PER_NAMESPACE="4",
+    )
+    assert s.ceilings == Ceilings(priority=10, deadline_seconds=86400, max_recoveries=3, stall_timeout_seconds=900)
+    assert s.max_concurrent_per_namespace == 4
+    assert settings().ceilings == Ceilings() and settings().max_concurrent_per_namespace == 10
+    with pytest.raises(SettingsError, match="POSEGEN_MAX_CONCURRENT_PER_NAMESPACE must be between 1 and 10"):
+        settings(POSEGEN_MAX_CONCURRENT="10", POSEGEN_MAX_CONCURRENT_PER_NAMESPACE="11")
+
+
+@pytest.mark.parametrize(
+    ("patterns", "namespace", "allowed"),
+    [
+        ((), "default", True),
+        ((), "team-a", False),
+        (("team-*", "ops"), "team-a", True),
+        (("team-*", "ops"), "ops", True),
+        (("team-*", "ops"), "default", False),
+        (("team-*",), "kube-system", False),
+    ],
+)
+def test_generate_creates_only_in_the_allowlist(patterns: tuple[str, ...], namespace: str, allowed: bool) -> None:
+    assert (
+        generate_allowed(
+            settings(POSEGEN_GENERATE_NAMESPACES=",".join(patterns)).generate_namespaces, "default", namespace
+        )
+        is allowed
+    )
