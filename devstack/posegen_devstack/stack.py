@@ -47,7 +47,8 @@ SERVICE_CIDR = "10.0.0.0/24"
 CONTROLLERS = (
     "garbage-collector-controller,namespace-controller,serviceaccount-controller,"
     "serviceaccount-token-controller,deployment-controller,replicaset-controller,job-controller,"
-    "root-ca-certificate-publisher-controller,endpointslice-controller,ttl-after-finished-controller"
+    "root-ca-certificate-publisher-controller,endpointslice-controller,ttl-after-finished-controller,"
+    "resourcequota-controller"
 )
 # Stop order: dependents first.
 COMPONENTS = (

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from posegen_common.checkpoint import GenerationSpec, GenerationState
-from posegen_common.exit_codes import Fault, meaning
+from posegen_common.exit_codes import ExitMeaning, Fault, meaning
 from posegen_common.schema import GenerationStatus
 from posegen_operator.actions import (
     Action,
@@ -222,33 +222,12 @@ def _check_worker(
         return
     budgeted = True
     if current is not None and current.terminated:
-        code = current.exit_code
-        exit_meaning = meaning(code)
+        exit_meaning = meaning(current.exit_code)
         if exit_meaning.fault == Fault.PERMANENT:
-            _fail(
-                decision,
-                result.actions,
-                exit_meaning.reason,
-                f"worker {current.name} exited with code {code}: {exit_meaning.message}",
-            )
+            detail = f"worker {current.name} exited with code {current.exit_code}: {exit_meaning.message}"
+            _fail(decision, result.actions, exit_meaning.reason, detail)
             return
-        if current.terminated_reason == "OOMKilled":
-            reason, detail = (
-                Reason.OOM_KILLED,
-                f"worker {current.name} ran out of memory (OOMKilled): raise the worker's memory limit",
-            )
-        elif exit_meaning.fault == Fault.TRANSIENT:
-            reason, detail = Reason(exit_meaning.reason), f"worker {current.name} exited: {exit_meaning.message}"
-            budgeted = False
-        elif current.reason == "Evicted" or current.phase == "Succeeded":
-            reason, detail = (
-                Reason.EVICTED,
-                f"worker {current.name} was stopped ({current.reason or 'exit 0'}) before finishing",
-            )
-        else:
-            reason, detail = Reason.CRASHED, f"worker {current.name} exited with code {code}"
-            if current.terminated_message:
-                detail += f": {current.terminated_message.strip()[-200:]}"
+        reason, detail, budgeted = _exit_cause(current, exit_meaning)
     elif current is not None:
         reason, detail = Reason.EVICTED, f"worker pod {current.name} was deleted"
     elif snapshot.first_pass:
@@ -258,6 +237,24 @@ def _check_worker(
     if view.manual_check:
         reason = Reason.MANUAL
     _recover(decision, reason, detail, snapshot, config, result, budgeted=budgeted)
+
+
+def _exit_cause(pod: PodView, exit_meaning: ExitMeaning) -> tuple[Reason, str, bool]:
+    """Why a worker that is not permanently failed exited: (reason, detail, budgeted)."""
+    if pod.terminated_reason == "OOMKilled":
+        return (
+            Reason.OOM_KILLED,
+            f"worker {pod.name} ran out of memory (OOMKilled): raise the worker's memory limit",
+            True,
+        )
+    if exit_meaning.fault == Fault.TRANSIENT:
+        return Reason(exit_meaning.reason), f"worker {pod.name} exited: {exit_meaning.message}", False
+    if pod.reason == "Evicted" or pod.phase == "Succeeded":
+        return Reason.EVICTED, f"worker {pod.name} was stopped ({pod.reason or 'exit 0'}) before finishing", True
+    detail = f"worker {pod.name} exited with code {pod.exit_code}"
+    if pod.terminated_message:
+        detail += f": {pod.terminated_message.strip()[-200:]}"
+    return Reason.CRASHED, detail, True
 
 
 # Waiting reasons a new pod cannot cure: the image or the pod's configuration must be fixed.
