@@ -7,6 +7,7 @@ unit-tested with plain dataclasses and a fixed clock. ``act`` carries the result
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Sequence
 
 from posegen_common.checkpoint import GenerationSpec, GenerationState
@@ -54,8 +55,8 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
         if decision is not None:
             decisions.append(decision)
     # A deleted generation's worker still runs until it has stopped: it keeps its slot till then.
-    stopping = sum(1 for v in snapshot.generations if v.deleting and any(not p.terminated for p in v.pods))
-    _admit(decisions, config, result, busy=stopping)
+    stopping = [v.namespace for v in snapshot.generations if v.deleting and any(not p.terminated for p in v.pods)]
+    _admit(decisions, config, result, stopping)
     for decision in decisions:
         own = Plan()
         try:
@@ -447,15 +448,22 @@ def _fail(decision: Decision, actions: list[Action], reason: str, message: str) 
     actions.append(SetRowStatus(view.key, row.id, GenerationStatus.FAILED, f"{reason}: {message}"))
 
 
-def _admit(decisions: list[Decision], config: PlanConfig, result: Plan, busy: int) -> None:
-    """Start waiting generations in priority, then age, order while worker slots are free."""
-    busy += sum(1 for decision in decisions if decision.holds_slot)
+def _admit(decisions: list[Decision], config: PlanConfig, result: Plan, stopping: list[str]) -> None:
+    """Start waiting generations in priority, then age, order while worker slots are free, and
+    while their namespace holds fewer than its share (one tenant cannot take every slot)."""
+    holding = Counter([*stopping, *(d.view.namespace for d in decisions if d.holds_slot)])
     waiting = sorted(
         (d for d in decisions if d.wants_slot),
         key=lambda d: (-d.view.priority, d.view.created_at, d.view.namespace, d.view.name),
     )
-    free = max(0, config.max_concurrent - busy)
-    for decision in waiting[:free]:
+    free = max(0, config.max_concurrent - sum(holding.values()))
+    admitted: list[Decision] = []
+    for decision in waiting:
+        namespace = decision.view.namespace
+        if len(admitted) < free and not (0 < config.max_per_namespace <= holding[namespace]):
+            admitted.append(decision)
+            holding[namespace] += 1
+    for decision in admitted:
         view, row = decision.view, decision.row
         start = StartWorker(
             view.key, view.uid, row.id, row.attempt, None, "", row.poses_completed, row.total_expected_poses
@@ -466,7 +474,15 @@ def _admit(decisions: list[Decision], config: PlanConfig, result: Plan, busy: in
         decision.worker_pod = worker_pod_name(view.name, start.attempt)
         resumed = row.status == GenerationStatus.SUSPENDED
         decision.message = f"worker {decision.worker_pod} starting" + (" (resumed)" if resumed else "")
-    for decision in waiting[free:]:
+    for decision in waiting:
+        if decision in admitted:
+            continue
         decision.phase = Phase.QUEUED
-        decision.message = f"waiting for a worker slot ({config.max_concurrent} running at most)"
+        if 0 < config.max_per_namespace <= holding[decision.view.namespace]:
+            decision.message = (
+                f"waiting for a worker slot ({config.max_per_namespace} running at most in namespace "
+                f"{decision.view.namespace})"
+            )
+        else:
+            decision.message = f"waiting for a worker slot ({config.max_concurrent} running at most)"
         result.queued.append(decision.row.id)

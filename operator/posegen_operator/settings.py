@@ -100,12 +100,25 @@ class WorkerTemplate:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Ceilings an admin sets on what a resource may ask for (admission refuses more where the
+    chart's ValidatingAdmissionPolicy is installed; the operator clamps in any case)."""
+
+    priority: int = 100
+    deadline: float = 604800
+    max_recoveries: int = 100
+    stall_timeout: float = 86400
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     redis_url: str
     admin_token: str
     namespaces: tuple[str, ...]
     max_concurrent: int
+    max_concurrent_per_namespace: int  # 0: no limit per namespace
+    limits: Limits
     sweep_interval: float
     status_interval: float
     heartbeat_ttl: float
@@ -167,6 +180,15 @@ class Settings:
             admin_token=env.text("POSEGEN_ADMIN_TOKEN"),
             namespaces=namespaces,
             max_concurrent=env.integer("POSEGEN_MAX_CONCURRENT", 10, minimum=1, maximum=100000),
+            max_concurrent_per_namespace=env.integer("POSEGEN_MAX_CONCURRENT_PER_NAMESPACE", 0, maximum=100000),
+            limits=Limits(
+                priority=env.integer("POSEGEN_LIMIT_PRIORITY", Limits.priority, minimum=-100, maximum=100),
+                deadline=env.number("POSEGEN_LIMIT_DEADLINE_SECONDS", Limits.deadline, minimum=30, maximum=604800),
+                max_recoveries=env.integer("POSEGEN_LIMIT_MAX_RECOVERIES", Limits.max_recoveries, maximum=100),
+                stall_timeout=env.number(
+                    "POSEGEN_LIMIT_STALL_TIMEOUT_SECONDS", Limits.stall_timeout, minimum=10, maximum=86400
+                ),
+            ),
             sweep_interval=env.number("POSEGEN_SWEEP_INTERVAL_SECONDS", 10, minimum=0.5, maximum=3600),
             status_interval=env.number("POSEGEN_STATUS_INTERVAL_SECONDS", 2, minimum=0.2, maximum=600),
             heartbeat_ttl=heartbeat_ttl,
