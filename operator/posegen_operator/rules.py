@@ -317,6 +317,9 @@ def _check_heartbeat(
             result.due_in(grace_left)
             return False
     silent = view.heartbeat_silent_for or 0.0
+    if row.worker_started_at is not None:
+        # The clock may have started before this worker existed (its pod refused, or pending).
+        silent = min(silent, (snapshot.db_now - row.worker_started_at).total_seconds())
     if silent <= config.heartbeat_ttl:
         result.due_in(config.heartbeat_ttl - silent)
         return False

@@ -522,6 +522,17 @@ def test_a_heartbeat_seen_missing_for_less_than_a_ttl_is_no_hang() -> None:
     assert result.retry_after == pytest.approx(20)  # 30 s TTL - 10 s seen missing
 
 
+def test_silence_before_the_worker_reported_in_is_not_its_own() -> None:
+    # The attempt's pod was refused for minutes (its heartbeat missing all along); the worker
+    # has just reported in and not beaten yet.
+    view = dataclasses.replace(silent(running_for=3, seen_missing=300), row=row("a", worker_started_at=ago(1, DB_NOW)))
+
+    result = run(view)
+
+    assert result.recoveries == []
+    assert result.retry_after == pytest.approx(29)
+
+
 def test_a_heartbeat_nobody_watched_go_missing_is_no_hang() -> None:
     never_seen = dataclasses.replace(
         silent(running_for=3000, seen_missing=0), row=row("a", worker_started_at=ago(2900, DB_NOW))
