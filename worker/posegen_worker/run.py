@@ -1,12 +1,12 @@
-"""The worker's run loop: resume from the checkpoint, then for each missing pose generate it, store
-the PNG and keypoints, record the row and the progress in one fenced transaction, renew the
+"""The worker's run loop: resume from the checkpoint (repairing files a predecessor left unpublished),
+then for each missing pose generate it, stage the PNG and keypoints, record the row and the
+progress in one fenced transaction, publish the files if the row is this attempt's, renew the
 heartbeat. SIGTERM stops it after the current pose, with everything done so far recorded."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -26,7 +26,6 @@ from posegen_common.database import create_db_engine
 from posegen_common.exit_codes import ExitCode
 from posegen_common.schema import pose_key, reference_for
 from posegen_worker.generators import (
-    GeneratedPose,
     Generator,
     PermanentGenerationError,
     PoseRequest,
@@ -35,6 +34,7 @@ from posegen_worker.generators import (
     build_generator,
 )
 from posegen_worker.heartbeat import Heartbeat
+from posegen_worker.outputs import PoseFiles
 from posegen_worker.settings import WorkerSettings
 
 log = logging.getLogger("posegen.worker")
@@ -58,8 +58,16 @@ class Worker:
         except Superseded as superseded:
             log.warning("not starting: %s", superseded)
             return ExitCode.SUPERSEDED
-        spec, done = job.spec, set(job.completed_indexes)
+        spec, done = job.spec, set(job.recorded)
         total = spec.total_expected_poses
+        files = self._files(job)
+        lost = files.repair(job.recorded)
+        if lost:
+            log.error(
+                "%d recorded poses have no files and cannot be repaired (output volume lost or wiped?): %s",
+                len(lost),
+                _some(lost),
+            )
         if done:
             log.info(
                 "RECOVERY MODE: resuming generation %s at %d/%d (attempt %d), skipping %d completed poses",
@@ -80,7 +88,7 @@ class Worker:
                     return ExitCode.OK
                 if index in done:
                     continue
-                recorded = self._produce(job, index)
+                recorded = self._produce(job, files, index)
                 done.add(index)
                 heartbeat.beat(recorded.poses_completed)
                 log.info("pose %d/%d recorded (index %d)", recorded.poses_completed, total, index)
@@ -105,7 +113,11 @@ class Worker:
         with self.engine.begin() as conn:
             return checkpoint.load_checkpoint(conn, self.settings.generation_id, self.settings.attempt)
 
-    def _produce(self, job: Checkpoint, index: int) -> PoseRecorded:
+    def _files(self, job: Checkpoint) -> PoseFiles:
+        spec = job.spec
+        return PoseFiles(output_directory(self.settings.output_dir, spec.namespace, spec.name, spec.id), job.attempt)
+
+    def _produce(self, job: Checkpoint, files: PoseFiles, index: int) -> PoseRecorded:
         spec = job.spec
         reference = reference_for(spec.pose_library_ids, index)
         request = PoseRequest(
@@ -118,38 +130,38 @@ class Worker:
             index=index,
         )
         generated = self.generator.generate(request)
-        image_path = self._store(spec.namespace, spec.name, spec.id, index, generated)
+        keypoints = [asdict(k) for k in generated.keypoints]
+        document = {
+            "index": index,
+            "attempt": job.attempt,
+            "basePose": generated.base_pose,
+            "keypoints": keypoints,
+            "metadata": generated.metadata,
+        }
+        files.stage(index, {"png": generated.png, "json": json.dumps(document, indent=1).encode()})
         recorded = RecordedPose(
             index=index,
             pose_library_id=pose_key(reference, index),
-            image_path=str(image_path),
-            keypoints=[asdict(k) for k in generated.keypoints],
+            image_path=str(files.final(index, "png")),
+            keypoints=keypoints,
             base_pose=generated.base_pose,
         )
 
         def record() -> PoseRecorded:
             with self.engine.begin() as conn:
-                return checkpoint.record_pose(conn, spec.id, self.settings.attempt, recorded)
+                return checkpoint.record_pose(conn, spec.id, job.attempt, recorded)
 
-        return self._with_database_retry(record)
-
-    def _store(self, namespace: str, name: str, generation_id: str, index: int, generated: GeneratedPose) -> Path:
-        """Write the PNG and its keypoints atomically; a redo after a crash rewrites identical files."""
-        directory = output_directory(self.settings.output_dir, namespace, name, generation_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        image = directory / f"pose-{index:04d}.png"
-        keypoints = directory / f"pose-{index:04d}.json"
-        document = {
-            "index": index,
-            "basePose": generated.base_pose,
-            "keypoints": [asdict(k) for k in generated.keypoints],
-            "metadata": generated.metadata,
-        }
-        for path, content in ((image, generated.png), (keypoints, json.dumps(document, indent=1).encode())):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_bytes(content)
-            os.replace(tmp, path)
-        return image
+        try:
+            outcome = self._with_database_retry(record)
+        except BaseException:
+            files.discard(index)  # not recorded, or superseded: what is published stays another's
+            raise
+        if not outcome.ours:
+            log.warning("pose %d was already recorded by another attempt: keeping its files", index)
+            files.discard(index)
+        elif not files.publish(index, job.attempt):
+            log.error("pose %d is recorded but its staged files are gone: it has no files", index)
+        return outcome
 
     def _with_database_retry(self, operation: Callable[[], T]) -> T:
         """Ride out a database restart: retry connection-level failures for a bounded time."""
@@ -169,6 +181,11 @@ class Worker:
 def output_directory(root: Path, namespace: str, name: str, generation_id: str) -> Path:
     """Where a generation's images go: <output>/<namespace>/<name>-<first 8 of the id>/."""
     return root / namespace / f"{name}-{generation_id[:8]}"
+
+
+def _some(indexes: list[int], limit: int = 20) -> str:
+    shown = ", ".join(map(str, indexes[:limit]))
+    return f"[{shown}{', …' if len(indexes) > limit else ''}]"
 
 
 def _is_connection_error(error: DBAPIError) -> bool:
