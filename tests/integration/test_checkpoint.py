@@ -6,20 +6,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
+import redis
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Engine
 
-from posegen_common import checkpoint
+from posegen_common import checkpoint, keys
 from posegen_common.checkpoint import RecordedPose, Superseded
 from posegen_common.exit_codes import ExitCode
 from posegen_common.schema import Base
 from posegen_operator.observe import RowCache
 from tests.harness import SEED_DUPLICATE_QUERY, Cluster, sql
-from tests.integration.workers import new_generation
+from tests.integration.workers import finish, new_generation, next_attempt, start_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +111,31 @@ def test_a_superseded_worker_process_exits_3_and_writes_nothing(
         ("completed", 5)
     ]
     assert sql(cluster, SEED_DUPLICATE_QUERY) == []
+
+
+def test_a_zombie_heartbeat_never_stands_for_its_successor(cluster: Cluster, engine: Engine, tmp_path: Path) -> None:
+    """Heartbeats are per attempt: a superseded worker still beating cannot make its successor
+    (here one that never started) look alive."""
+    generation_id = new_generation(engine, total=2)
+    next_attempt(engine, generation_id)
+    client = redis.Redis.from_url(cluster.stack.redis_url)
+    zombie = start_worker(worker_env(cluster, generation_id, 1, tmp_path, POSEGEN_POSE_SECONDS="3"))
+    try:
+        mine, successors = keys.heartbeat(generation_id, 1), keys.heartbeat(generation_id, 2)
+        deadline = time.monotonic() + 30
+        while not client.exists(mine):
+            assert time.monotonic() < deadline, "the worker never beat"
+            time.sleep(0.05)
+        next_attempt(engine, generation_id, "Hung")
+        beat_before = client.get(mine)
+        while client.get(mine) == beat_before:  # a renewal after the successor's attempt began
+            assert time.monotonic() < deadline and zombie.poll() is None, "the zombie stopped beating"
+            time.sleep(0.05)
+        assert not client.exists(successors)
+    finally:
+        code, output = finish(zombie)
+    assert code == ExitCode.SUPERSEDED, output
+    assert not client.exists(successors)
 
 
 def test_worker_settings_errors_exit_2_with_the_variable_named(cluster: Cluster) -> None:
