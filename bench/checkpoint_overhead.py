@@ -90,7 +90,7 @@ def worker_loop(bench: BenchStack, engine: Any, client: redis.Redis, pose_second
             flux_max_attempts=5,
             heartbeat_ttl=HEARTBEAT_TTL,
             heartbeat_interval=HEARTBEAT_TTL / 5,
-            database_retry_seconds=60,
+            dependency_retry_seconds=600,
             log_format="text",
         )
         worker = Worker(settings, engine, client, EmbeddedGenerator(pose_seconds=pose_seconds))

@@ -47,6 +47,7 @@ def build_worker_pod(
         {"name": "POSEGEN_POSE_SECONDS", "value": str(worker.pose_seconds)},
         {"name": "POSEGEN_HEARTBEAT_TTL_SECONDS", "value": str(settings.heartbeat_ttl)},
         {"name": "POSEGEN_HEARTBEAT_INTERVAL_SECONDS", "value": str(settings.heartbeat_interval)},
+        {"name": "POSEGEN_DEPENDENCY_RETRY_SECONDS", "value": str(worker.dependency_retry_seconds)},
         {"name": "POSEGEN_LOG_FORMAT", "value": worker.log_format},
     ]
     if worker.flux_url:

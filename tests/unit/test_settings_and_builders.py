@@ -80,6 +80,17 @@ def test_worker_pod_is_owned_fenced_and_least_privileged() -> None:
     assert spec["volumes"] == [{"name": "outputs", "persistentVolumeClaim": {"claimName": "outputs"}}]
 
 
+def test_workers_wait_out_an_unreachable_database_for_the_stall_timeout_unless_told_otherwise() -> None:
+    def retry(**env: str) -> float:
+        pod = build_worker_pod("ns", "demo", "uid-1", "gen-1", 1, settings(**env))
+        values = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        return float(values["POSEGEN_DEPENDENCY_RETRY_SECONDS"])
+
+    assert retry() == 600
+    assert retry(POSEGEN_STALL_TIMEOUT_SECONDS="120") == 120
+    assert retry(POSEGEN_STALL_TIMEOUT_SECONDS="120", POSEGEN_WORKER_DEPENDENCY_RETRY_SECONDS="45") == 45
+
+
 def test_worker_pod_takes_connection_urls_from_a_secret_when_configured() -> None:
     pod = build_worker_pod("ns", "demo", "uid-1", "gen-1", 1, settings(POSEGEN_WORKER_SECRET="posegen-worker"))
     refs = {

@@ -27,6 +27,7 @@ class Heartbeat:
         self.ttl_ms = int(ttl * 1000)
         self.interval = interval
         self.poses = 0
+        self._failing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -43,7 +44,13 @@ class Heartbeat:
         try:
             self.client.set(self.key, value, px=self.ttl_ms)
         except redis.RedisError as error:
-            log.warning("heartbeat not renewed (redis: %s)", error)
+            if not self._failing:  # once per outage, not every beat
+                log.warning("heartbeat not renewed (redis: %s); retrying every %.1fs", error, self.interval)
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("heartbeat renewed again: redis is back")
+            self._failing = False
 
     def stop(self) -> None:
         self._stop.set()

@@ -25,20 +25,16 @@ from posegen_common.checkpoint import Checkpoint, PoseRecorded, RecordedPose, Su
 from posegen_common.database import create_db_engine
 from posegen_common.exit_codes import ExitCode
 from posegen_common.schema import pose_key, reference_for
-from posegen_worker.generators import (
-    Generator,
-    PermanentGenerationError,
-    PoseRequest,
-    TransientGenerationError,
-    UpstreamRefusedError,
-    build_generator,
-)
+from posegen_worker import faults
+from posegen_worker.generators import GenerationError, Generator, PoseRequest, build_generator
 from posegen_worker.heartbeat import Heartbeat
 from posegen_worker.outputs import PoseFiles
 from posegen_worker.settings import WorkerSettings
 
 log = logging.getLogger("posegen.worker")
 T = TypeVar("T")
+# Named causes that end a run with their own exit code (anything else is a crash).
+STOPPING_CAUSES = (GenerationError, faults.DependencyUnavailable)
 
 
 class Worker:
@@ -52,9 +48,21 @@ class Worker:
         self.stop_requested = threading.Event()
 
     def run(self) -> ExitCode:
+        """Produce the missing poses; known causes of stopping are named and get their exit code."""
+        try:
+            return self._run()
+        except Superseded as superseded:
+            log.warning("superseded, writing nothing more: %s", superseded)
+            return ExitCode.SUPERSEDED
+        except STOPPING_CAUSES as error:
+            code, cause = faults.classify(error)
+            faults.report(code, cause)
+            return code
+
+    def _run(self) -> ExitCode:
         s = self.settings
         try:
-            job = self._with_database_retry(self._load)
+            job = self._ride_out_database_outage(self._load)
         except Superseded as superseded:
             log.warning("not starting: %s", superseded)
             return ExitCode.SUPERSEDED
@@ -97,15 +105,6 @@ class Worker:
                     return ExitCode.OK
             log.info("generation %s completed: %d/%d poses", spec.id, len(done), total)
             return ExitCode.OK
-        except Superseded as superseded:
-            log.warning("superseded, writing nothing more: %s", superseded)
-            return ExitCode.SUPERSEDED
-        except PermanentGenerationError as error:
-            log.error("permanent failure: %s", error)
-            return ExitCode.UPSTREAM_REFUSED if isinstance(error, UpstreamRefusedError) else ExitCode.BAD_INPUT
-        except TransientGenerationError as error:
-            log.error("generator unavailable, exiting for a recovery: %s", error)
-            return ExitCode.FAILED
         finally:
             heartbeat.stop()
 
@@ -152,7 +151,7 @@ class Worker:
                 return checkpoint.record_pose(conn, spec.id, job.attempt, recorded)
 
         try:
-            outcome = self._with_database_retry(record)
+            outcome = self._ride_out_database_outage(record)
         except BaseException:
             files.discard(index)  # not recorded, or superseded: what is published stays another's
             raise
@@ -163,19 +162,34 @@ class Worker:
             log.error("pose %d is recorded but its staged files are gone: it has no files", index)
         return outcome
 
-    def _with_database_retry(self, operation: Callable[[], T]) -> T:
-        """Ride out a database restart: retry connection-level failures for a bounded time."""
-        deadline = time.monotonic() + self.settings.database_retry_seconds
+    def _ride_out_database_outage(self, operation: Callable[[], T]) -> T:
+        """An outage is not the generation's fault: keep this worker's place and retry with backoff
+        for up to the bound the operator sets (its stall timeout), then stop as
+        DEPENDENCY_UNAVAILABLE. Retrying is safe: a transaction either committed or did nothing,
+        and ``record_pose`` tells a pose this attempt already recorded."""
+        bound = self.settings.dependency_retry_seconds
+        down_since: float | None = None
         delay = 0.2
         while True:
             try:
-                return operation()
+                result = operation()
             except (OperationalError, DBAPIError) as error:
-                if not _is_connection_error(error) or time.monotonic() > deadline:
+                if not _is_connection_error(error):
                     raise
-                log.warning("database unavailable (%s); retrying in %.1fs", type(error.orig).__name__, delay)
-                time.sleep(delay)
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    log.warning("Postgres unreachable (%s); retrying for up to %.0fs", _first_line(error), bound)
+                elif now - down_since >= bound:
+                    raise faults.DependencyUnavailable(
+                        f"Postgres unreachable for {now - down_since:.0f}s ({_first_line(error)})"
+                    ) from error
+                time.sleep(min(delay, max(0.0, down_since + bound - now)))
                 delay = min(delay * 2, 5.0)
+            else:
+                if down_since is not None:
+                    log.info("Postgres reachable again after %.0fs", time.monotonic() - down_since)
+                return result
 
 
 def output_directory(root: Path, namespace: str, name: str, generation_id: str) -> Path:
@@ -186,6 +200,11 @@ def output_directory(root: Path, namespace: str, name: str, generation_id: str) 
 def _some(indexes: list[int], limit: int = 20) -> str:
     shown = ", ".join(map(str, indexes[:limit]))
     return f"[{shown}{', …' if len(indexes) > limit else ''}]"
+
+
+def _first_line(error: DBAPIError) -> str:
+    lines = str(error.orig).strip().splitlines()
+    return lines[0] if lines else type(error.orig).__name__
 
 
 def _is_connection_error(error: DBAPIError) -> bool:

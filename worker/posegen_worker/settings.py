@@ -45,7 +45,7 @@ class WorkerSettings:
     flux_max_attempts: int
     heartbeat_ttl: float
     heartbeat_interval: float
-    database_retry_seconds: float
+    dependency_retry_seconds: float  # how long an unreachable Postgres is waited for
     log_format: str
 
     @classmethod
@@ -78,6 +78,7 @@ class WorkerSettings:
             flux_max_attempts=int(_number("POSEGEN_FLUX_MAX_ATTEMPTS", "5", 1)),
             heartbeat_ttl=ttl,
             heartbeat_interval=interval,
-            database_retry_seconds=_number("POSEGEN_DATABASE_RETRY_SECONDS", "60", 0),
+            # The operator passes its stall timeout; 600 s is its default.
+            dependency_retry_seconds=_number("POSEGEN_DEPENDENCY_RETRY_SECONDS", "600", 0),
             log_format=_env("POSEGEN_LOG_FORMAT", "text"),
         )
