@@ -38,10 +38,22 @@ class StartWorker:
     detail: str = ""
     poses_completed: int = 0
     total: int = 0
+    budgeted: bool = True  # a recovery spends one of the generation's recoveries
 
     @property
     def attempt(self) -> int:
         return self.expected_attempt + 1
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    """Create the pod of the current attempt again: its create was refused or never made, so no
+    worker of this attempt ever ran and no fencing is needed."""
+
+    key: tuple[str, str]
+    uid: str
+    generation_id: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,17 @@ class PostEvent:
     message: str
 
 
-Action = AddFinalizer | RemoveFinalizer | RegisterRow | StartWorker | DeletePod | SetRowStatus | PatchStatus | PostEvent
+Action = (
+    AddFinalizer
+    | RemoveFinalizer
+    | RegisterRow
+    | StartWorker
+    | CreatePod
+    | DeletePod
+    | SetRowStatus
+    | PatchStatus
+    | PostEvent
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,15 @@ class Plan:
     recoveries: list[Recovery] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)  # generation ids waiting for a slot, in order
     retry_after: float | None = None  # seconds until something time-based is due
+    skipped: list[tuple[tuple[str, str], str, Exception]] = field(default_factory=list)  # (key, uid, error)
 
     def due_in(self, seconds: float) -> None:
         self.retry_after = seconds if self.retry_after is None else min(self.retry_after, seconds)
+
+    def merge(self, other: Plan) -> None:
+        self.actions += other.actions
+        self.recoveries += other.recoveries
+        self.queued += other.queued
+        self.skipped += other.skipped
+        if other.retry_after is not None:
+            self.due_in(other.retry_after)

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, cast
 
-from posegen_operator.builders import GROUP
+from posegen_operator.builders import GROUP, KIND
 
 Body = dict[str, Any]
 
@@ -121,6 +121,10 @@ class ObjectCache:
         with self._lock:
             return list(self._objects["generations"].values())
 
+    def pods(self) -> list[Body]:
+        with self._lock:
+            return list(self._objects["pods"].values())
+
     def has_pods(self, owner_uid: str) -> bool:
         with self._lock:
             return owner_uid in self._pods_by_owner
@@ -132,4 +136,11 @@ class ObjectCache:
 
 
 def _owners(pod: Body) -> list[str]:
-    return [owner["uid"] for owner in pod["metadata"].get("ownerReferences") or []]
+    """A pod belongs to a generation only through a controller reference of kind PoseGeneration."""
+    return [
+        owner["uid"]
+        for owner in pod["metadata"].get("ownerReferences") or []
+        if owner.get("controller")
+        and owner.get("kind") == KIND
+        and str(owner.get("apiVersion", "")).startswith(f"{GROUP}/")
+    ]

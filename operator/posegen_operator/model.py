@@ -31,11 +31,16 @@ class Reason(StrEnum):
     """Why a worker was replaced."""
 
     CRASHED = "Crashed"
+    OOM_KILLED = "OOMKilled"
     HUNG = "Hung"
     STALLED = "Stalled"
     EVICTED = "Evicted"
+    NOT_STARTED = "NotStarted"
     ORPHANED = "OrphanedAfterRestart"
     MANUAL = "Manual"
+    # Not the generation's fault: outside the recovery budget (posegen_common.exit_codes).
+    DEPENDENCY_UNAVAILABLE = "DependencyUnavailable"
+    DISK_FULL = "DiskFull"
 
 
 @dataclass(frozen=True)
@@ -52,18 +57,26 @@ class PlanConfig:
     worker_startup_grace: float
     backoff_base: float
     backoff_max: float
+    worker_start_timeout: float = 300.0  # a worker pod not running by then is replaced or failed
 
 
 @dataclass(frozen=True)
 class PodView:
     name: str
-    attempt: int
+    attempt: int | None  # None: its attempt label is missing or malformed (it is no one's worker)
     phase: str  # Pending, Running, Succeeded, Failed, Unknown
     deleting: bool
     exit_code: int | None = None
     reason: str | None = None  # pod.status.reason: Evicted, NodeLost, ...
     running_since: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+    # Why the container is not running yet (kubelet's waiting reason, or Unschedulable), and why it
+    # ended (terminated reason: OOMKilled, Error, ContainerCannotRun...), with their messages.
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    terminated_reason: str | None = None
+    terminated_message: str | None = None
 
     @property
     def live(self) -> bool:
@@ -100,6 +113,7 @@ class GenerationView:
     row: GenerationState | None = None
     pods: tuple[PodView, ...] = ()
     heartbeat: HeartbeatView | None = None
+    heartbeat_silent_for: float | None = None  # seconds this operator has seen the heartbeat missing
 
     @property
     def key(self) -> tuple[str, str]:
@@ -111,13 +125,27 @@ class GenerationView:
 
 
 @dataclass(frozen=True)
+class InvalidGeneration:
+    """A PoseGeneration the operator cannot read (skipped; its status says why)."""
+
+    key: tuple[str, str]
+    uid: str
+    spec_generation: int
+    status: dict[str, Any]
+    message: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     generations: tuple[GenerationView, ...]
     now: dt.datetime  # the operator's clock, for pod ages
     db_now: dt.datetime  # the database's clock, for row timestamps
-    heartbeats_trustworthy: bool  # Redis reachable and up longer than one heartbeat TTL
+    heartbeats_trustworthy: bool  # missing heartbeats may be taken for hangs (Redis kept its data)
     first_pass: bool  # the start-up sweep after the operator (re)started or became leader
     orphan_row_ids: frozenset[str] = frozenset()  # unfinished rows whose resource is gone
+    redis_reachable: bool = True
+    invalid: tuple[InvalidGeneration, ...] = ()  # generations the operator cannot read
+    database_back_for: float | None = None  # seconds since the database came back from an outage
 
 
 def worker_pod_name(generation_name: str, attempt: int) -> str:
@@ -137,4 +165,5 @@ class Decision:
     wants_slot: bool = False
     recovery: Recovery | None = None
     start: StartWorker | None = None
-    condition: dict[str, Any] | None = None
+    degraded: tuple[str, str] | None = None  # (reason, message): something is wrong and being handled
+    failure: tuple[str, str] | None = None  # (reason, message) of a Failed generation

@@ -13,7 +13,15 @@ from typing import Any, TypeVar
 from posegen_common.checkpoint import GenerationSpec, GenerationState
 from posegen_common.schema import GenerationStatus
 from posegen_operator.actions import PatchStatus, Plan
-from posegen_operator.model import GenerationView, HeartbeatView, PlanConfig, PodView, Policy, Snapshot
+from posegen_operator.model import (
+    GenerationView,
+    HeartbeatView,
+    InvalidGeneration,
+    PlanConfig,
+    PodView,
+    Policy,
+    Snapshot,
+)
 from posegen_operator.rules import plan
 
 NAMESPACE = "poses"
@@ -90,6 +98,7 @@ def row(name: str, **changes: Any) -> GenerationState:
         last_pose_at=ago(5, DB_NOW),
         completed_at=None,
         error_message=None,
+        worker_pod_created_at=ago(100, DB_NOW),
     )
     return dataclasses.replace(base, **changes)
 
@@ -102,6 +111,7 @@ def queued_row(name: str, **changes: Any) -> GenerationState:
         "poses_completed": 0,
         "started_at": None,
         "last_pose_at": None,
+        "worker_pod_created_at": None,
     }
     return row(name, **(fresh | changes))
 
@@ -126,6 +136,7 @@ def pod(
         reason=reason,
         running_since=ago(running_for) if phase != "Pending" else None,
         finished_at=NOW if terminated else None,
+        created_at=ago(running_for + 1),
     )
 
 
@@ -139,6 +150,7 @@ def generation(
     row: GenerationState | None = None,
     pods: tuple[PodView, ...] = (),
     heartbeat: HeartbeatView | None = None,
+    silent_for: float | None = None,
     status: dict[str, Any] | None = None,
     priority: int = 0,
     created_at: dt.datetime | None = None,
@@ -166,6 +178,7 @@ def generation(
         row=row,
         pods=pods,
         heartbeat=heartbeat,
+        heartbeat_silent_for=silent_for,
     )
 
 
@@ -186,6 +199,8 @@ def observe(
     trustworthy: bool = True,
     first_pass: bool = False,
     orphans: frozenset[str] = frozenset(),
+    redis_reachable: bool = True,
+    invalid: tuple[InvalidGeneration, ...] = (),
 ) -> Snapshot:
     return Snapshot(
         generations=views,
@@ -194,6 +209,8 @@ def observe(
         heartbeats_trustworthy=trustworthy,
         first_pass=first_pass,
         orphan_row_ids=orphans,
+        redis_reachable=redis_reachable,
+        invalid=invalid,
     )
 
 

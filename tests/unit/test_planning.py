@@ -61,8 +61,41 @@ def seconds(value: float) -> dt.timedelta:
     return dt.timedelta(seconds=value)
 
 
-def progressing(status: str, reason: str, message: str, since: str = STAMP) -> dict[str, str]:
-    return {"type": "Progressing", "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
+def progressing(status: str, reason: str, message: str, since: str = STAMP) -> dict[str, Any]:
+    return condition("Progressing", status, reason, message, since)
+
+
+def condition(kind: str, status: str, reason: str, message: str, since: str = STAMP) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": 1,
+    }
+
+
+def conditions(
+    phase: str,
+    message: str,
+    *,
+    degraded: tuple[str, str] | None = None,
+    failed: tuple[str, str] | None = None,
+    since: str = STAMP,
+) -> list[dict[str, Any]]:
+    """The five conditions of a generation in ``phase`` (all but Suspended and Complete follow
+    their arguments), every one transitioned at ``since``."""
+    active = phase in ("Processing", "Recovering")
+    return [
+        condition("Complete", "False", phase, "", since),
+        condition("Degraded", "True", *degraded, since)
+        if degraded
+        else condition("Degraded", "False", "AsExpected", "", since),
+        condition("Failed", "True", *failed, since) if failed else condition("Failed", "False", "NotFailed", "", since),
+        progressing("True" if active else "False", phase, message, since),
+        condition("Suspended", "False", "NotSuspended", "", since),
+    ]
 
 
 def crashed(name: str = "a", exit_code: int = 137, **row_changes: Any) -> GenerationView:
@@ -120,7 +153,7 @@ def test_new_resource_is_registered_started_and_reported() -> None:
                 "recoveries": 0,
                 "message": message,
                 "observedGeneration": 1,
-                "conditions": [progressing("True", "Processing", message)],
+                "conditions": conditions("Processing", message),
             },
         ),
         PostEvent(key("a"), uid("a"), "Normal", "Started", message),
@@ -286,16 +319,7 @@ def test_crashed_worker_is_recovered_from_its_checkpoint() -> None:
                 "lastRecoveryReason": "Crashed",
                 "lastRecoveryTime": stamp(DB_NOW),
                 "message": message,
-                "conditions": [
-                    progressing("True", "Recovering", message),
-                    {
-                        "type": "Recovered",
-                        "status": "True",
-                        "reason": "Crashed",
-                        "message": detail,
-                        "lastTransitionTime": STAMP,
-                    },
-                ],
+                "conditions": conditions("Recovering", message, degraded=("Crashed", detail)),
             },
         ),
     ]
@@ -325,7 +349,8 @@ def test_transition_times_are_kept_while_a_condition_keeps_its_status() -> None:
     by_type = {c["type"]: c for c in conditions}
     assert by_type["Progressing"]["lastTransitionTime"] == STAMP  # still True: Processing -> Recovering
     assert by_type["Progressing"]["reason"] == "Recovering"
-    assert by_type["Recovered"]["lastTransitionTime"] == stamp(later)
+    assert by_type["Degraded"]["lastTransitionTime"] == stamp(later)  # False -> True
+    assert by_type["Complete"]["lastTransitionTime"] == STAMP  # still False
 
 
 def test_missing_pod_on_the_first_pass_is_an_orphan_of_the_restart() -> None:
@@ -381,9 +406,11 @@ def test_worker_that_exited_cleanly_before_the_row_completed_is_replaced() -> No
     assert start.detail == "worker a-w1 was stopped (exit 0) before finishing"
 
 
-def failed(name: str, reason: str, cause: str) -> list[Action]:
-    """The actions that fail a generation for good: its row, its status, a Warning event."""
+def failed(name: str, reason: str, cause: str, kept_since: str = STAMP) -> list[Action]:
+    """The actions that fail a generation for good: its row, its status, a Warning event.
+    Conditions whose status does not change keep their transition time, ``kept_since``."""
     message = f"{reason}: {cause}"
+    kept = conditions("Failed", message, since=kept_since)
     return [
         SetRowStatus(key(name), uid(name), GenerationStatus.FAILED, message),
         PatchStatus(
@@ -393,14 +420,11 @@ def failed(name: str, reason: str, cause: str) -> list[Action]:
                 "workerPod": None,
                 "message": message,
                 "conditions": [
-                    {
-                        "type": "Failed",
-                        "status": "True",
-                        "reason": reason,
-                        "message": cause,
-                        "lastTransitionTime": STAMP,
-                    },
+                    kept[0],
+                    kept[1],
+                    condition("Failed", "True", reason, cause),
                     progressing("False", "Failed", message),
+                    kept[4],
                 ],
             },
         ),
@@ -409,19 +433,21 @@ def failed(name: str, reason: str, cause: str) -> list[Action]:
 
 
 @pytest.mark.parametrize(
-    ("code", "meaning"),
+    ("code", "reason", "meaning"),
     [
-        (4, "the generation's input was refused (bad prompt)"),
-        (5, "the image API refused the request (check the API key and the prompt)"),
+        (2, "InvalidConfiguration", "the worker's configuration is invalid"),
+        (4, "BadInput", "the generation's input was refused (bad prompt)"),
+        (5, "UpstreamRefused", "the image API refused the request (check the API key and the prompt)"),
+        (8, "OutputNotWritable", "permission denied writing to the output volume (check its ownership)"),
     ],
 )
-def test_permanent_exit_codes_fail_without_recovery(code: int, meaning: str) -> None:
+def test_permanent_exit_codes_fail_without_recovery(code: int, reason: str, meaning: str) -> None:
     view = crashed("a", exit_code=code)
 
     result = run(view)
 
     cause = f"worker a-w1 exited with code {code}: {meaning}"
-    assert result.actions == failed("a", "PermanentFailure", cause)
+    assert result.actions == failed("a", reason, cause)
     assert result.recoveries == []
 
 
@@ -432,12 +458,19 @@ def test_a_permanent_failure_frees_its_slot_in_the_same_pass() -> None:
 
 
 # ---- hang and stall -----------------------------------------------------------------------------
-HUNG_DETAIL = "worker a-w1 is running but sent no heartbeat for attempt 1 within 30s"
+HUNG_DETAIL = "worker a-w1 is running but sent no heartbeat for attempt 1 in 31s (limit 30s)"
 
 
-def silent(running_for: float, **changes: Any) -> GenerationView:
-    """A steady generation whose running worker has sent no heartbeat."""
-    return dataclasses.replace(steady("a"), pods=(pod("a", running_for=running_for),), heartbeat=None, **changes)
+def silent(running_for: float, seen_missing: float = 31, **changes: Any) -> GenerationView:
+    """A steady generation whose running worker has sent no heartbeat, missing for ``seen_missing``
+    seconds as the operator watched it."""
+    return dataclasses.replace(
+        steady("a"),
+        pods=(pod("a", running_for=running_for),),
+        heartbeat=None,
+        heartbeat_silent_for=seen_missing,
+        **changes,
+    )
 
 
 def test_running_worker_without_heartbeat_past_ttl_and_startup_grace_is_hung() -> None:
@@ -474,13 +507,26 @@ def test_a_worker_that_reported_in_gets_no_startup_grace_only_one_ttl() -> None:
     assert len(of_type(result, StartWorker)) == 1
 
 
-def test_a_worker_that_just_reported_in_has_one_ttl_to_heartbeat() -> None:
-    reported = dataclasses.replace(silent(running_for=40), row=row("a", worker_started_at=ago(10, DB_NOW)))
+def test_a_heartbeat_seen_missing_for_less_than_a_ttl_is_no_hang() -> None:
+    # Redis lost its data (FLUSHALL, a restart without persistence): the worker reported in long
+    # ago, but the operator has seen its heartbeat missing only for 10 s.
+    reported = dataclasses.replace(
+        silent(running_for=3000, seen_missing=10), row=row("a", worker_started_at=ago(2900, DB_NOW))
+    )
 
     result = run(reported)
 
     assert result.recoveries == []
-    assert result.retry_after == pytest.approx(20)  # 30 s TTL - 10 s since it reported in
+    assert of_type(result, StartWorker) == []
+    assert result.retry_after == pytest.approx(20)  # 30 s TTL - 10 s seen missing
+
+
+def test_a_heartbeat_nobody_watched_go_missing_is_no_hang() -> None:
+    never_seen = dataclasses.replace(
+        silent(running_for=3000, seen_missing=0), row=row("a", worker_started_at=ago(2900, DB_NOW))
+    )
+
+    assert run(never_seen).recoveries == []
 
 
 def test_no_hang_is_declared_while_heartbeats_are_untrustworthy() -> None:
@@ -499,11 +545,12 @@ def test_heartbeat_of_an_older_attempt_does_not_count() -> None:
         row=row("a", attempt=2),
         pods=(pod("a", attempt=2, running_for=91),),
         heartbeat=heartbeat(attempt=1),
+        heartbeat_silent_for=91,
     )
 
     result = run(view)
 
-    detail = "worker a-w2 is running but sent no heartbeat for attempt 2 within 30s"
+    detail = "worker a-w2 is running but sent no heartbeat for attempt 2 in 91s (limit 30s)"
     assert of_type(result, StartWorker) == [recovery_start("a", Reason.HUNG, detail, attempt=2)]
 
 
@@ -588,7 +635,8 @@ def test_deadline_exceeded_fails_the_generation_and_stops_its_worker() -> None:
     result = run(view)
 
     cause = f"not completed within 3600s ({POSES}/{TOTAL} poses recorded)"
-    assert result.actions == [DeletePod(key("a"), "a-w1", 0), *failed("a", "DeadlineExceeded", cause)]
+    kept = stamp(earlier)
+    assert result.actions == [DeletePod(key("a"), "a-w1", 0), *failed("a", "DeadlineExceeded", cause, kept)]
 
 
 def test_deadline_is_scheduled_when_it_comes_first() -> None:
@@ -753,7 +801,7 @@ def test_resume_starts_a_worker_without_a_recovery_reason() -> None:
     assert (patch["phase"], patch["workerPod"], patch["attempt"]) == ("Processing", "a-w2", 2)
     assert "recoveries" not in patch
     suspended_condition = next(c for c in patch["conditions"] if c["type"] == "Suspended")
-    assert (suspended_condition["status"], suspended_condition["reason"]) == ("False", "Resumed")
+    assert (suspended_condition["status"], suspended_condition["reason"]) == ("False", "NotSuspended")
     assert of_type(result, PostEvent) == [PostEvent(key("a"), uid("a"), "Normal", "Started", message)]
 
 
@@ -865,13 +913,7 @@ def test_completed_row_reports_completed_and_starts_nothing() -> None:
     assert (patch["posesCompleted"], patch["progress"]) == (TOTAL, f"{TOTAL}/{TOTAL}")
     assert "workerPod" not in patch  # still a-w1
     complete = next(c for c in patch["conditions"] if c["type"] == "Complete")
-    assert complete == {
-        "type": "Complete",
-        "status": "True",
-        "reason": "AllPosesRecorded",
-        "message": message,
-        "lastTransitionTime": STAMP,
-    }
+    assert complete == condition("Complete", "True", "AllPosesRecorded", message)
     assert of_type(result, PostEvent) == [PostEvent(key("a"), uid("a"), "Normal", "Completed", message)]
     assert_quiet(settle(view))
 

@@ -25,6 +25,7 @@ from posegen_operator.act.status import StatusActions
 from posegen_operator.actions import (
     Action,
     AddFinalizer,
+    CreatePod,
     DeletePod,
     PatchStatus,
     Plan,
@@ -67,23 +68,27 @@ class Actor:
         pods = PodActions(settings, api, engine, cache, self.queue_view)
         rows = RowActions(engine)
         status = StatusActions(api, settings.identity)
+        self._may_act: Callable[[], bool] = lambda: True
         self._pool = ThreadPoolExecutor(max_workers=PARALLEL_RESOURCES, thread_name_prefix="posegen-act")
         self._handlers: dict[type, Callable[[Any], bool]] = {
             AddFinalizer: self.finalizers.add,
             RemoveFinalizer: self.finalizers.remove,
             RegisterRow: rows.register,
             StartWorker: pods.start_worker,
+            CreatePod: pods.create,
             DeletePod: pods.delete,
             SetRowStatus: rows.set_status,
             PatchStatus: status.patch,
             PostEvent: status.post_event,
         }
 
-    def execute(self, plan: Plan, finalizers: Finalizers) -> ActResult:
+    def execute(self, plan: Plan, finalizers: Finalizers, may_act: Callable[[], bool] = lambda: True) -> ActResult:
         """Run the plan's actions: in order for each resource, resources side by side (a burst of
         new generations is mostly waiting on the API server). ``finalizers`` maps each resource to
-        its observed (resourceVersion, finalizers)."""
+        its observed (resourceVersion, finalizers); ``may_act`` is asked before each resource's
+        actions (a replica that lost the lease meanwhile acts no more)."""
         self.finalizers.observed = finalizers
+        self._may_act = may_act
         by_key: dict[tuple[str, str], list[Action]] = {}
         for action in plan.actions:
             by_key.setdefault(action.key, []).append(action)
@@ -98,6 +103,8 @@ class Actor:
         """One resource's actions, in order; returns its (recovered, failed) recovery counts."""
         recovered = failed = 0
         broken = False
+        if not self._may_act():
+            return 0, 0
         for action in actions:
             if broken and isinstance(action, PatchStatus | PostEvent):
                 continue  # the status tells only what was done; the next pass retries the rest
