@@ -84,6 +84,10 @@ def build_worker_pod(
         "command": list(worker.command),
         "env": env,
         "volumeMounts": [{"name": "outputs", "mountPath": worker.output_mount_path}],
+        # The worker writes why it stopped there (disk full, output not writable, ...); the pod's
+        # status then carries it, or the log's tail when the worker died without a word.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

@@ -28,13 +28,13 @@ from posegen_common.schema import pose_key, reference_for
 from posegen_worker import faults
 from posegen_worker.generators import GenerationError, Generator, PoseRequest, build_generator
 from posegen_worker.heartbeat import Heartbeat
-from posegen_worker.outputs import PoseFiles
+from posegen_worker.outputs import OutputError, PoseFiles
 from posegen_worker.settings import WorkerSettings
 
 log = logging.getLogger("posegen.worker")
 T = TypeVar("T")
 # Named causes that end a run with their own exit code (anything else is a crash).
-STOPPING_CAUSES = (GenerationError, faults.DependencyUnavailable)
+STOPPING_CAUSES = (GenerationError, faults.DependencyUnavailable, OutputError)
 
 
 class Worker:
