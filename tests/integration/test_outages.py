@@ -1,6 +1,7 @@
 """Outages are not the generation's fault: with the real Postgres and Redis stopped for longer than
 the worker's former retry bound, running and starting workers keep their place and complete once
-the services return; a worker whose bound runs out first exits DEPENDENCY_UNAVAILABLE."""
+the services return; a worker whose bound runs out first exits DEPENDENCY_UNAVAILABLE; and a frozen
+Redis does not slow the pose loop down."""
 
 from __future__ import annotations
 
@@ -83,3 +84,23 @@ def test_workers_ride_out_a_database_and_redis_outage_and_a_short_bound_exits_6(
             if process.poll() is None:
                 process.kill()
     assert sql(cluster, SEED_DUPLICATE_QUERY) == []
+
+
+def test_a_frozen_redis_never_holds_up_a_pose(cluster: Cluster, engine: Engine, tmp_path: Path) -> None:
+    """Redis frozen (a partition, a stuck failover): every heartbeat write waits for its socket
+    timeout (2 s). That must cost the pose loop nothing: the worker finishes 30 quick poses while
+    Redis is still frozen, where waiting on each beat would take a minute."""
+    generation_id = new_generation(engine, total=30)
+    next_attempt(engine, generation_id)
+    redis_pid = int((cluster.stack.run_dir / "redis.pid").read_text())
+    os.kill(redis_pid, signal.SIGSTOP)
+    worker = start_worker(worker_env(cluster, generation_id, 1, tmp_path))
+    try:
+        code, output = finish(worker, timeout=30)
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+        if worker.poll() is None:
+            worker.kill()
+    assert code == ExitCode.OK, output
+    assert poses_completed(engine, generation_id) == 30
+    assert output.count("heartbeat not renewed") == 1, "said once per outage"
