@@ -97,6 +97,8 @@ class WorkerTemplate:
     pose_seconds: float = 0.6
     flux_url: str | None = None
     log_format: str = "text"
+    # How long a worker waits out an unreachable Postgres before exiting DEPENDENCY_UNAVAILABLE.
+    dependency_retry_seconds: float = 600
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class Settings:
         )
         namespaces = tuple(n.strip() for n in (env.optional("POSEGEN_NAMESPACES") or "").split(",") if n.strip())
         log_format = env.choice("POSEGEN_LOG_FORMAT", "text", ("text", "json"))
+        stall_timeout = env.number("POSEGEN_STALL_TIMEOUT_SECONDS", 600, minimum=10, maximum=86400)
         worker = WorkerTemplate(
             image=env.text("POSEGEN_WORKER_IMAGE", WorkerTemplate.image),
             command=tuple(env.json("POSEGEN_WORKER_COMMAND", list(WorkerTemplate.command), list)),
@@ -169,6 +172,9 @@ class Settings:
             pose_seconds=env.number("POSEGEN_POSE_SECONDS", 0.6, maximum=600),
             flux_url=env.optional("FLUX_API_URL"),
             log_format=log_format,
+            dependency_retry_seconds=env.number(
+                "POSEGEN_WORKER_DEPENDENCY_RETRY_SECONDS", stall_timeout, minimum=1, maximum=86400
+            ),
         )
         if worker.generator == "flux" and not worker.flux_url:
             raise SettingsError("FLUX_API_URL must be set when POSEGEN_GENERATOR=flux")
@@ -195,7 +201,7 @@ class Settings:
             heartbeat_interval=heartbeat_interval,
             worker_startup_grace=env.number("POSEGEN_WORKER_STARTUP_GRACE_SECONDS", 30, maximum=3600),
             worker_start_timeout=env.number("POSEGEN_WORKER_START_TIMEOUT_SECONDS", 300, minimum=10, maximum=86400),
-            stall_timeout=env.number("POSEGEN_STALL_TIMEOUT_SECONDS", 600, minimum=10, maximum=86400),
+            stall_timeout=stall_timeout,
             deadline=env.number("POSEGEN_DEADLINE_SECONDS", 7200, minimum=30, maximum=604800),
             max_recoveries=env.integer("POSEGEN_MAX_RECOVERIES", 5, maximum=100),
             backoff_base=env.number("POSEGEN_RECOVERY_BACKOFF_SECONDS", 2, maximum=3600),
