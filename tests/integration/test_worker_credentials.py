@@ -148,7 +148,7 @@ def test_a_workers_database_role_touches_nothing_but_its_own_checkpoint(
     worker = create_db_engine(url, application_name="worker", pool_size=1)
     try:
         with worker.begin() as conn:
-            assert checkpoint.load_checkpoint(conn, own, 1).completed_indexes == frozenset()
+            assert checkpoint.load_checkpoint(conn, own, 1).recorded == {}
             assert checkpoint.record_pose(conn, own, 1, pose(0)).poses_completed == 1
     finally:
         worker.dispose()
