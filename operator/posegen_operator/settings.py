@@ -157,7 +157,6 @@ class Settings:
     lease_name: str
     lease_namespace: str
     identity: str
-    advertise_url: str
     migrate_on_start: bool
     log_format: str
     flux_api_key: str | None
@@ -238,10 +237,6 @@ class Settings:
             lease_name=env.text("POSEGEN_LEASE_NAME", "posegen-operator"),
             lease_namespace=env.text("POSEGEN_LEASE_NAMESPACE", env.optional("POD_NAMESPACE") or "default"),
             identity=env.text("POSEGEN_IDENTITY", env.optional("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"),
-            advertise_url=env.text(
-                "POSEGEN_ADVERTISE_URL",
-                f"http://{env.optional('POD_IP') or '127.0.0.1'}:{env.integer('POSEGEN_API_PORT', 8080)}",
-            ),
             migrate_on_start=env.flag("POSEGEN_MIGRATE_ON_START", True),
             log_format=log_format,
             flux_api_key=env.optional_secret("FLUX_API_KEY"),
