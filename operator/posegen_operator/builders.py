@@ -51,7 +51,13 @@ def build_worker_pod(
         {"name": "POSEGEN_LOG_FORMAT", "value": worker.log_format},
     ]
     if worker.flux_url:
-        env.append({"name": "FLUX_API_URL", "value": worker.flux_url})
+        env += [
+            {"name": "FLUX_API_URL", "value": worker.flux_url},
+            {"name": "POSEGEN_FLUX_ALLOW_HTTP", "value": str(worker.flux_allow_http).lower()},
+            {"name": "POSEGEN_FLUX_ALLOW_PRIVATE_ADDRESSES", "value": str(worker.flux_allow_private_addresses).lower()},
+            {"name": "POSEGEN_FLUX_SAMPLE_HOSTS", "value": ",".join(worker.flux_sample_hosts)},
+            {"name": "POSEGEN_FLUX_MAX_PIXELS", "value": str(worker.flux_max_pixels)},
+        ]
     if worker.secret_name:
         for var, key, optional in (
             ("DATABASE_URL", "database-url", False),
