@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from posegen_common.worker_credentials import WorkerCredentials
 from posegen_devstack.pki import ensure_pki
 from posegen_operator.api import generate_allowed, ssl_context
 from posegen_operator.builders import FINALIZER, build_event, build_worker_pod
@@ -166,6 +167,18 @@ def test_worker_pod_takes_connection_urls_from_a_secret_when_configured() -> Non
     assert refs["DATABASE_URL"] == {"name": "posegen-worker", "key": "database-url", "optional": False}
     assert refs["FLUX_API_KEY"]["optional"] is True
     assert all(e.get("value") != BASE_ENV["DATABASE_URL"] for e in pod["spec"]["containers"][0]["env"])
+
+
+def test_worker_pod_connects_with_its_minted_credentials_only() -> None:
+    minted = WorkerCredentials("postgresql://pgw_1:pw@db/posegen", "redis://pgw_1:pw@r/0")
+    pod = build_worker_pod(
+        "ns", "demo", "uid-1", "gen-1", 1, settings(POSEGEN_WORKER_SECRET="posegen-worker"), credentials=minted
+    )
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["DATABASE_URL"] == {"name": "DATABASE_URL", "value": minted.database_url}
+    assert env["REDIS_URL"] == {"name": "REDIS_URL", "value": minted.redis_url}
+    assert env["FLUX_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "posegen-worker"
+    assert [e["name"] for e in pod["spec"]["containers"][0]["env"]].count("DATABASE_URL") == 1
 
 
 def test_events_point_at_their_generation() -> None:
