@@ -45,7 +45,8 @@ TEST_OPERATOR_ENV = {
 def cluster() -> Iterator[Cluster]:
     reuse = os.environ.get("POSEGEN_TEST_STATE_DIR")
     state_dir = Path(reuse) if reuse else Path(tempfile.mkdtemp(prefix="posegen-test-"))
-    stack = Stack(state_dir, operator_env=TEST_OPERATOR_ENV)
+    # The existing tiers run on the process node; tests/e2e/test_real_node.py has the kubelet node.
+    stack = Stack(state_dir, operator_env=TEST_OPERATOR_ENV, kubelet=False)
     try:
         stack.up()
         api = kubernetes.config.new_client_from_config(config_file=str(stack.kubeconfig))

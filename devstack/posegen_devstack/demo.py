@@ -13,7 +13,8 @@ import kubernetes
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from posegen_devstack.stack import REPO_ROOT, Stack
+from posegen_devstack.layout import REPO_ROOT
+from posegen_devstack.stack import Stack
 from posegen_worker.run import output_directory
 
 GROUP, VERSION, PLURAL = "posegen.io", "v1", "posegenerations"
