@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from posegen_devstack import control_plane, kubelet_node, operator_process, registry, services
+from posegen_devstack import chart_install, control_plane, kubelet_node, operator_process, registry, services
 from posegen_devstack.layout import REPO_ROOT, Layout, StackConfig
 from posegen_devstack.pki import ensure_pki
 from posegen_devstack.process_node import NODE_NAME
@@ -68,7 +68,8 @@ class Stack(Layout):
         self._start_process_node(tainted=with_kubelet)
         self.apply_crds()
         self._write_env()
-        self.start_operator()
+        if not chart_install.marker(self).exists():
+            self.start_operator()
 
     def down(self) -> list[str]:
         stopped = []

@@ -21,6 +21,8 @@ MANAGED_BY = "posegen-operator"
 LABEL_GENERATION = "posegen.io/generation"
 LABEL_ATTEMPT = "posegen.io/attempt"
 WORKER_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component=worker"
+WORKER_UID = 10001
+NODE_LOSS_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 
 def owner_of(namespace: str, name: str, uid: str) -> dict[str, Any]:
@@ -70,6 +72,7 @@ def build_worker_pod(
         ]
         if settings.flux_api_key:
             env.append({"name": "FLUX_API_KEY", "value": settings.flux_api_key})
+    env += worker.extra_env
     if worker.output_claim:
         volume: dict[str, Any] = {"persistentVolumeClaim": {"claimName": worker.output_claim}}
     elif worker.output_host_path:
@@ -99,8 +102,8 @@ def build_worker_pod(
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "fsGroup": 10001,
+            "runAsUser": WORKER_UID,
+            "fsGroup": WORKER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
@@ -110,8 +113,11 @@ def build_worker_pod(
         spec["serviceAccountName"] = worker.service_account
     if worker.node_selector:
         spec["nodeSelector"] = worker.node_selector
-    if worker.tolerations:
-        spec["tolerations"] = worker.tolerations
+    spec["tolerations"] = [*worker.tolerations, *node_loss_tolerations(worker.node_loss_seconds)]
+    if worker.host_network:
+        spec["hostNetwork"] = True
+    if worker.output_host_path:
+        spec["initContainers"] = [output_owner_container(worker.image, worker.output_mount_path)]
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -131,6 +137,32 @@ def build_worker_pod(
     }
     kopf.adopt(pod, owner=kopf.Body(cast(kopf.RawBody, owner_of(namespace, name, uid))))
     return pod
+
+
+def node_loss_tolerations(seconds: int) -> list[dict[str, Any]]:
+    return [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
+        for key in NODE_LOSS_TAINTS
+    ]
+
+
+def output_owner_container(image: str, mount_path: str) -> dict[str, Any]:
+    """fsGroup does not apply to hostPath volumes, and the node creates the directory root-owned:
+    hand it to the worker's uid first (only CAP_CHOWN, nothing else of root's)."""
+    return {
+        "name": "output-owner",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-c", f"import os, sys; os.chown(sys.argv[1], {WORKER_UID}, {WORKER_UID})", mount_path],
+        "volumeMounts": [{"name": "outputs", "mountPath": mount_path}],
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+        },
+    }
 
 
 def build_event(
