@@ -57,7 +57,7 @@ def marker(layout: Layout) -> Path:
 
 
 def install(layout: Layout, built: dict[str, str], *, stop_local_operator: Callable[[], object]) -> None:
-    layout.output_dir.mkdir(exist_ok=True)
+    layout.ensure_output_dir()
     values = layout.state_dir / "chart-values.yaml"
     values.write_text(yaml.safe_dump(stack_values(layout, built)))
     layout.run_dir.mkdir(exist_ok=True)

@@ -132,6 +132,15 @@ def ctr(layout: Layout, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def task_pid(layout: Layout, container_id: str) -> int | None:
+    """The host PID of a container's main process (None: not running)."""
+    for line in ctr(layout, "tasks", "ls").stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] == container_id and fields[2] == "RUNNING":
+            return int(fields[1])
+    return None
+
+
 # ---- kubelet -------------------------------------------------------------------------------------
 def start_kubelet(layout: Layout) -> None:
     pki, ports = layout.pki, layout.config.ports

@@ -18,6 +18,7 @@ from posegen_devstack.processes import StackError, free_port, start_detached
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATABASE = "posegen"
 DB_USER = "posegen"
+WORKER_UID = 10001  # the Dockerfile's USER
 
 
 @dataclass
@@ -130,6 +131,14 @@ class Layout:
             "POSEGEN_OUTPUT_DIR": str(self.output_dir),
             "PATH": os.pathsep.join([self.config.bin_dir, venv_bin, prometheus_bin_dir(), os.environ.get("PATH", "")]),
         }
+
+    def ensure_output_dir(self) -> Path:
+        """Where workers write images, owned by the worker image's uid: containers run as 10001 and
+        fsGroup does not apply to a hostPath volume."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(self.output_dir, WORKER_UID, WORKER_UID)
+        return self.output_dir
 
     def start(
         self, name: str, argv: Sequence[str], *, user: str | None = None, env: dict[str, str] | None = None

@@ -36,7 +36,7 @@ def operator_environment(layout: Layout, extra: dict[str, str], **overrides: str
 
 
 def start_operator(layout: Layout, extra: dict[str, str], name: str = "operator", **overrides: str) -> int:
-    layout.output_dir.mkdir(exist_ok=True)
+    layout.ensure_output_dir()
     pid = layout.start(
         name, [sys.executable, "-m", "posegen_operator"], env=operator_environment(layout, extra, **overrides)
     )

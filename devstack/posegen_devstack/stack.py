@@ -87,11 +87,12 @@ class Stack(Layout):
         return {name: running_pid(self.run_dir / f"{name}.pid") for name in reversed(COMPONENTS)}
 
     def restart(self, name: str, *, down_seconds: float = 0.0) -> None:
-        """Stop a component and start it again (fault tests: Postgres, Redis or the API server going away)."""
+        """Stop a component and start it again (fault tests: Postgres, Redis, the API server, the kubelet)."""
         starters = {
             "postgres": services.start_postgres,
             "redis": services.start_redis,
             "kube-apiserver": control_plane.start_apiserver,
+            "kubelet": kubelet_node.start_kubelet,
         }
         stop(self.run_dir / f"{name}.pid", sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
         time.sleep(down_seconds)

@@ -116,8 +116,6 @@ def build_worker_pod(
     spec["tolerations"] = [*worker.tolerations, *node_loss_tolerations(worker.node_loss_seconds)]
     if worker.host_network:
         spec["hostNetwork"] = True
-    if worker.output_host_path:
-        spec["initContainers"] = [output_owner_container(worker.image, worker.output_mount_path)]
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -144,25 +142,6 @@ def node_loss_tolerations(seconds: int) -> list[dict[str, Any]]:
         {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
         for key in NODE_LOSS_TAINTS
     ]
-
-
-def output_owner_container(image: str, mount_path: str) -> dict[str, Any]:
-    """fsGroup does not apply to hostPath volumes, and the node creates the directory root-owned:
-    hand it to the worker's uid first (only CAP_CHOWN, nothing else of root's)."""
-    return {
-        "name": "output-owner",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-c", f"import os, sys; os.chown(sys.argv[1], {WORKER_UID}, {WORKER_UID})", mount_path],
-        "volumeMounts": [{"name": "outputs", "mountPath": mount_path}],
-        "securityContext": {
-            "runAsUser": 0,
-            "runAsNonRoot": False,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
-        },
-    }
 
 
 def build_event(
