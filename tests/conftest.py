@@ -6,7 +6,6 @@ fresh namespace, and a failing test prints what helps: pod logs, events and reso
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -18,9 +17,10 @@ import pytest
 
 from posegen_devstack import images, kubelet_node
 from posegen_devstack.layout import Layout, StackConfig
+from posegen_devstack.operator_process import kubelet_node_environment
 from posegen_devstack.processes import wait_for
 from posegen_devstack.stack import Stack, build_binaries
-from tests.harness import WORKER_SECRET, Cluster, create_worker_secret, unique_name
+from tests.harness import Cluster, create_worker_secret, unique_name
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -61,25 +61,7 @@ def cluster() -> Iterator[Cluster]:
                 shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def real_node_operator_env(stack: Stack, worker_image: str) -> dict[str, str]:
-    """The operator's workers in containers on the kubelet node, from the image built from the Dockerfile."""
-    return {
-        **TEST_OPERATOR_ENV,
-        "POSEGEN_WORKER_IMAGE": worker_image,
-        "POSEGEN_WORKER_HOST_NETWORK": "true",
-        "POSEGEN_WORKER_NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": kubelet_node.NODE_NAME}),
-        "POSEGEN_WORKER_TOLERATIONS": "[]",
-        "POSEGEN_WORKER_SECRET": WORKER_SECRET,
-        "POSEGEN_WORKER_RESOURCES": json.dumps({"limits": {"memory": "256Mi"}}),
-        "POSEGEN_OUTPUT_HOST_PATH": str(stack.output_dir),
-        "POSEGEN_OUTPUT_MOUNT_PATH": "/var/lib/posegen/outputs",
-        # A container starts in about a second, the worker's Python in a few more.
-        "POSEGEN_WORKER_STARTUP_GRACE_SECONDS": "20",
-        "POSEGEN_WORKER_START_TIMEOUT_SECONDS": "60",
-    }
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_cluster() -> Iterator[Cluster]:
     """A second stack with the kubelet node (containerd, runc), its workers in real containers.
     Skipped, naming what is missing, where containers cannot run or another kubelet runs."""
@@ -94,13 +76,16 @@ def real_cluster() -> Iterator[Cluster]:
     try:
         stack.up()
         worker_image = images.build_images(stack)["worker"]
-        stack.operator_env = real_node_operator_env(stack, worker_image)
+        stack.operator_env = {**TEST_OPERATOR_ENV, **kubelet_node_environment(stack, worker_image)}
         stack.stop_operator()
         stack.start_operator()
         api = kubernetes.config.new_client_from_config(config_file=str(stack.kubeconfig))
         yield Cluster(stack, api)
     finally:
         stack.down()
+        # `make down` leaves nothing of the kubelet node behind: no mount, no container, no shim.
+        assert kubelet_node.mounts(stack) == [], "kubelet's mounts outlived `down`"
+        assert kubelet_node.shims(stack) == [], "container shims outlived `down`"
         if not os.environ.get("POSEGEN_KEEP_STATE"):
             shutil.rmtree(state_dir, ignore_errors=True)
 

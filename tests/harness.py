@@ -15,6 +15,7 @@ import psycopg2
 import requests
 
 from posegen_devstack import kubelet_node
+from posegen_devstack.operator_process import worker_secret
 from posegen_devstack.processes import wait_for
 from posegen_devstack.stack import Stack
 
@@ -66,13 +67,11 @@ class Cluster:
     def container_pid(self, namespace: str, pod: str, timeout: float = 60) -> int:
         """The host PID of a pod's first container's main process on the kubelet node."""
 
-        def pid() -> int | None:
-            statuses = self.core.read_namespaced_pod(pod, namespace).status.container_statuses or []
-            if not statuses or not statuses[0].container_id or statuses[0].state.running is None:
-                return None
-            return kubelet_node.task_pid(self.stack, statuses[0].container_id.split("://", 1)[1])
-
-        return wait_for(pid, timeout=timeout, what=f"the main process of {namespace}/{pod}")
+        return wait_for(
+            lambda: kubelet_node.main_pid(self.stack, self.core, namespace, pod),
+            timeout=timeout,
+            what=f"the main process of {namespace}/{pod}",
+        )
 
     def pod_pid(self, namespace: str, pod: str, timeout: float = 30) -> int:
         pid_file = self.node_file(namespace, pod, "pid")
@@ -83,18 +82,8 @@ class Cluster:
         )
 
 
-WORKER_SECRET = "posegen-worker"
-
-
 def create_worker_secret(cluster: Cluster, namespace: str) -> None:
-    """What the chart creates in each namespace where generations run: the workers' connection URLs."""
-    cluster.core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": WORKER_SECRET},
-            "stringData": {"database-url": cluster.stack.database_url, "redis-url": cluster.stack.redis_url},
-        },
-    )
+    cluster.core.create_namespaced_secret(namespace, worker_secret(cluster.stack))
 
 
 def unique_name(prefix: str) -> str:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -130,6 +131,14 @@ def ctr(layout: Layout, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+
+
+def main_pid(layout: Layout, core: Any, namespace: str, pod: str) -> int | None:
+    """The host PID of a running pod's first container's main process (None: not running yet)."""
+    statuses = core.read_namespaced_pod(pod, namespace).status.container_statuses or []
+    if not statuses or not statuses[0].container_id or statuses[0].state.running is None:
+        return None
+    return task_pid(layout, statuses[0].container_id.split("://", 1)[1])
 
 
 def task_pid(layout: Layout, container_id: str) -> int | None:
@@ -262,30 +271,44 @@ def stop_containers(layout: Layout) -> list[str]:
     return [f"{len(tasks)} containers"] if tasks else []
 
 
+def shims(layout: Layout) -> list[int]:
+    """containerd shims serving this stack's containerd (they outlive it)."""
+    socket = str(containerd_socket(layout)).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if argv[0].endswith(b"containerd-shim-runc-v2") and socket in b" ".join(argv):
+                    found.append(int(proc.name))
+    return found
+
+
+def mounts(layout: Layout) -> list[str]:
+    """Mount points under the kubelet node's directory, deepest first."""
+    prefix = str(directory(layout)) + "/"
+    points = {
+        line.split()[1]
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if (line.split()[1] + "/").startswith(prefix)
+    }
+    return sorted(points, key=len, reverse=True)
+
+
 def clean_up(layout: Layout) -> list[str]:
     """After kubelet and containerd stopped: end shims still serving this stack's socket, and
-    unmount what kubelet mounted under the state directory (deepest first)."""
+    unmount what kubelet and containerd mounted under the state directory (deepest first)."""
     done = []
-    socket = str(containerd_socket(layout))
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and socket.encode() in b" ".join(argv):
-                os.kill(int(proc.name), signal.SIGKILL)
-                done.append(f"shim {proc.name}")
-    prefix = str(directory(layout)) + "/"
-    mounts = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            point = line.split()[1]
-            if point.startswith(prefix) or point + "/" == prefix:
-                mounts.append(point)
-    for point in sorted(set(mounts), key=len, reverse=True):
-        if subprocess.run(["umount", "-l", point], capture_output=True, check=False).returncode == 0:
-            done.append(f"unmounted {point}")
-    return done
+    for pid in shims(layout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            done.append(f"shim {pid}")
+    unmounted = [
+        point
+        for point in mounts(layout)
+        if subprocess.run(["umount", "-l", point], capture_output=True, check=False).returncode == 0
+    ]
+    return done + ([f"{len(unmounted)} kubelet mounts"] if unmounted else [])
 
 
 def kubelet_running(layout: Layout) -> bool:

@@ -1,5 +1,5 @@
 """The operator as a local process on the stack (as `kopf run` would run it), its workers on the
-process node."""
+process node, or in containers on the kubelet node."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import json
 import signal
 import sys
 
+from posegen_devstack import kubelet_node
 from posegen_devstack.layout import Layout
 from posegen_devstack.process_node import NODE_NAME, TAINT
 from posegen_devstack.processes import http_get, stop, wait_until
+
+WORKER_SECRET = "posegen-worker"
 
 
 def operator_environment(layout: Layout, extra: dict[str, str], **overrides: str) -> dict[str, str]:
@@ -33,6 +36,32 @@ def operator_environment(layout: Layout, extra: dict[str, str], **overrides: str
     env.update(extra)
     env.update(overrides)
     return env
+
+
+def kubelet_node_environment(layout: Layout, worker_image: str) -> dict[str, str]:
+    """Settings that put the workers in containers on the kubelet node, from the image built from
+    the Dockerfile, their connection URLs in the Secret `posegen-worker` of their namespace."""
+    return {
+        "POSEGEN_WORKER_IMAGE": worker_image,
+        "POSEGEN_WORKER_HOST_NETWORK": "true",
+        "POSEGEN_WORKER_NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": kubelet_node.NODE_NAME}),
+        "POSEGEN_WORKER_TOLERATIONS": "[]",
+        "POSEGEN_WORKER_SECRET": WORKER_SECRET,
+        "POSEGEN_WORKER_RESOURCES": json.dumps({"limits": {"memory": "256Mi"}}),
+        "POSEGEN_OUTPUT_HOST_PATH": str(layout.output_dir),
+        "POSEGEN_OUTPUT_MOUNT_PATH": "/var/lib/posegen/outputs",
+        # A container starts in about a second, the worker's Python in a few more.
+        "POSEGEN_WORKER_STARTUP_GRACE_SECONDS": "20",
+        "POSEGEN_WORKER_START_TIMEOUT_SECONDS": "60",
+    }
+
+
+def worker_secret(layout: Layout) -> dict[str, object]:
+    """What the chart creates in each namespace where generations run: the workers' connection URLs."""
+    return {
+        "metadata": {"name": WORKER_SECRET},
+        "stringData": {"database-url": layout.database_url, "redis-url": layout.redis_url},
+    }
 
 
 def start_operator(layout: Layout, extra: dict[str, str], name: str = "operator", **overrides: str) -> int:

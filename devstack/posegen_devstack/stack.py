@@ -64,7 +64,7 @@ class Stack(Layout):
         services.start_postgres(self)
         services.start_redis(self)
         services.start_prometheus(self)
-        with_kubelet = self._start_kubelet_node()
+        with_kubelet = self.start_kubelet_node()
         self._start_process_node(tainted=with_kubelet)
         self.apply_crds()
         self._write_env()
@@ -86,6 +86,9 @@ class Stack(Layout):
     def status(self) -> dict[str, int | None]:
         return {name: running_pid(self.run_dir / f"{name}.pid") for name in reversed(COMPONENTS)}
 
+    def stop_component(self, name: str) -> bool:
+        return stop(self.run_dir / f"{name}.pid", sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
+
     def restart(self, name: str, *, down_seconds: float = 0.0) -> None:
         """Stop a component and start it again (fault tests: Postgres, Redis, the API server, the kubelet)."""
         starters = {
@@ -94,12 +97,13 @@ class Stack(Layout):
             "kube-apiserver": control_plane.start_apiserver,
             "kubelet": kubelet_node.start_kubelet,
         }
-        stop(self.run_dir / f"{name}.pid", sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
+        self.stop_component(name)
         time.sleep(down_seconds)
         starters[name](self)
 
     # ---- nodes ---------------------------------------------------------------------------------
-    def _start_kubelet_node(self) -> bool:
+    def start_kubelet_node(self) -> bool:
+        """True when the kubelet node runs; otherwise says loudly why not, or raises if insisted on."""
         if self.want_kubelet is False:
             return False
         missing = kubelet_node.missing(self)

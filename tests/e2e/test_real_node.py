@@ -5,14 +5,21 @@ index once, the seed's duplicate query empty) is checked wherever poses are writ
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from posegen_devstack import control_plane, kubelet_node
+from posegen_devstack.layout import StackConfig
+from posegen_devstack.process_node import NODE_NAME, TAINT
+from posegen_devstack.processes import wait_for
+from posegen_devstack.stack import Stack
 from tests.harness import (
     Cluster,
     assert_exactly_once,
@@ -137,3 +144,98 @@ def test_a_kubelet_restart_is_no_reason_to_recover(
     final = wait_for_phase(real_cluster, real_namespace, "kubelet", "Completed", timeout=180)
     assert final["recoveries"] == 0 and final["workerPod"] == worker
     assert_exactly_once(real_cluster, final["generationId"], 40)
+
+
+def test_a_second_stack_uses_the_process_node_and_says_so(
+    real_cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = Stack(tmp_path / "other")
+    other.state_dir.mkdir()
+    other._config = StackConfig.load_or_create(other.config_file, real_cluster.stack.config.bin_dir)
+    assert any("another kubelet runs on this machine" in problem for problem in kubelet_node.missing(other))
+    assert other.start_kubelet_node() is False
+    assert "the kubelet node cannot run here: another kubelet runs" in capsys.readouterr().err
+
+
+def freezer_state(pid: int) -> Path:
+    """The freezer cgroup file of a process (cgroup v1, or cgroup.freeze on v2)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "freezer" in controllers.split(","):
+            return Path("/sys/fs/cgroup/freezer") / path.lstrip("/") / "freezer.state"
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            return Path("/sys/fs/cgroup") / path.lstrip("/") / "cgroup.freeze"
+    raise AssertionError(f"no freezer cgroup for pid {pid}")
+
+
+def set_frozen(state: Path, frozen: bool) -> None:
+    if state.name == "cgroup.freeze":
+        state.write_text("1" if frozen else "0")
+    else:
+        state.write_text("FROZEN" if frozen else "THAWED")
+
+
+def test_node_loss_moves_the_work_and_the_zombie_writes_nothing(
+    real_cluster: Cluster, real_namespace: str, operator_with: Any
+) -> None:
+    """The kubelet node is lost (kubelet stopped, the worker's cgroup frozen): the node goes NotReady
+    and is tainted, the work moves to the process node while the old pod hangs in Terminating; the
+    thawed zombie writes nothing, its successor is not disturbed, every pose is recorded once."""
+    stack = real_cluster.stack
+    outputs = str(stack.output_dir)  # the same path in containers and for the process node's processes
+    operator_with(
+        POSEGEN_POSE_SECONDS="0.3",
+        # Longer than the node-monitor grace (20 s): the node is tainted before the hang is called.
+        POSEGEN_HEARTBEAT_TTL_SECONDS="40",
+        POSEGEN_HEARTBEAT_INTERVAL_SECONDS="2",
+        POSEGEN_WORKER_NODE_SELECTOR="{}",
+        POSEGEN_WORKER_TOLERATIONS=json.dumps([{**TAINT, "operator": "Equal"}]),
+        POSEGEN_OUTPUT_MOUNT_PATH=outputs,
+    )
+    real_cluster.kubectl("cordon", NODE_NAME)  # the first worker goes to the kubelet node
+    try:
+        create_generation(real_cluster, real_namespace, "lost", variationCount=60)
+        status = wait_for_status(
+            real_cluster, real_namespace, "lost", lambda s: s.get("posesCompleted", 0) >= 5, timeout=120, what="5 poses"
+        )
+    finally:
+        real_cluster.kubectl("uncordon", NODE_NAME)
+    zombie = status["workerPod"]
+    assert real_cluster.core.read_namespaced_pod(zombie, real_namespace).spec.node_name == kubelet_node.NODE_NAME
+    state = freezer_state(real_cluster.container_pid(real_namespace, zombie))
+    stack.stop_component("kubelet")
+    set_frozen(state, True)
+    frozen_at = time.time()
+    try:
+        wait_for(
+            lambda: not control_plane.node_ready(stack, kubelet_node.NODE_NAME),
+            timeout=60,
+            what="the kubelet node NotReady",
+        )
+        moved = wait_for_status(
+            real_cluster,
+            real_namespace,
+            "lost",
+            lambda s: s.get("workerPod") not in (None, zombie) and s.get("phase") == "Processing",
+            timeout=180,
+            what="the work moved to a new worker",
+        )
+        successor = real_cluster.core.read_namespaced_pod(moved["workerPod"], real_namespace)
+        assert successor.spec.node_name == NODE_NAME
+        old = real_cluster.core.read_namespaced_pod(zombie, real_namespace)
+        assert old.metadata.deletion_timestamp is not None, "the lost node's pod hangs in Terminating"
+    finally:
+        set_frozen(state, False)
+    kubelet_node.start_kubelet(stack)
+    final = wait_for_phase(real_cluster, real_namespace, "lost", "Completed", timeout=240)
+    generation_id = final["generationId"]
+    assert_exactly_once(real_cluster, generation_id, 60)
+    late = sql(
+        real_cluster,
+        "SELECT count(*) FROM generated_pose WHERE generation_id = %s AND attempt = %s "
+        "AND created_at > to_timestamp(%s)",
+        generation_id,
+        int(zombie.rsplit("-w", 1)[1]),
+        frozen_at,
+    )[0][0]
+    assert late == 0, "the thawed zombie wrote after its node was lost"
