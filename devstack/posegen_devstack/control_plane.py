@@ -13,14 +13,15 @@ from posegen_devstack.layout import REPO_ROOT, Layout
 from posegen_devstack.processes import http_get, https_get, wait_until
 
 SERVICE_CIDR = "10.0.0.0/24"
-# Controllers the stack needs: garbage collection, namespace deletion, service accounts, the
-# workload controllers a Helm release of the operator uses, and node lifecycle (a lost node goes
-# NotReady, is tainted, and its pods are evicted).
+# Controllers the stack needs: garbage collection, namespace deletion, service accounts, quotas
+# (ResourceQuota admission enforces nothing without the controller), the workload controllers a Helm
+# release of the operator uses, and node lifecycle (a lost node goes NotReady, is tainted, and its
+# pods are evicted).
 CONTROLLERS = (
     "garbage-collector-controller,namespace-controller,serviceaccount-controller,"
     "serviceaccount-token-controller,deployment-controller,replicaset-controller,job-controller,"
     "root-ca-certificate-publisher-controller,endpointslice-controller,ttl-after-finished-controller,"
-    "node-lifecycle-controller,taint-eviction-controller"
+    "node-lifecycle-controller,taint-eviction-controller,resourcequota-controller"
 )
 # Seconds without a heartbeat before a node is NotReady (kubelets heartbeat every 10 s).
 NODE_MONITOR_GRACE = 20
