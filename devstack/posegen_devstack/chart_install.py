@@ -8,6 +8,7 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -21,7 +22,7 @@ DEPLOYMENT = "posegen-operator"  # fullnameOverride in deploy/local/values.yaml
 WORKER_MOUNT = "/var/lib/posegen/outputs"
 
 
-def stack_values(layout: Layout, built: dict[str, str]) -> dict[str, object]:
+def stack_values(layout: Layout, built: dict[str, str]) -> dict[str, Any]:
     """What only the running stack knows: its ports, URLs, image names and output directory."""
     ports = layout.config.ports
 
@@ -56,10 +57,19 @@ def marker(layout: Layout) -> Path:
     return layout.run_dir / "operator.chart"
 
 
-def install(layout: Layout, built: dict[str, str], *, stop_local_operator: Callable[[], object]) -> None:
+def install(
+    layout: Layout,
+    built: dict[str, str],
+    *,
+    stop_local_operator: Callable[[], object],
+    overrides: dict[str, Any] | None = None,
+) -> None:
+    """`helm upgrade --install` with deploy/local/values.yaml, then the stack's values, then ``overrides``."""
     layout.ensure_output_dir()
     values = layout.state_dir / "chart-values.yaml"
     values.write_text(yaml.safe_dump(stack_values(layout, built)))
+    more = layout.state_dir / "chart-overrides.yaml"
+    more.write_text(yaml.safe_dump(overrides or {}))
     layout.run_dir.mkdir(exist_ok=True)
     marker(layout).write_text(json.dumps(built) + "\n")
     stop_local_operator()
@@ -78,9 +88,27 @@ def install(layout: Layout, built: dict[str, str], *, stop_local_operator: Calla
             str(LOCAL_VALUES),
             "-f",
             str(values),
+            "-f",
+            str(more),
             "--wait",
             "--timeout=300s",
         ],
         check=True,
         env=layout.environment(),
     )
+
+
+def helm(layout: Layout, *args: str) -> str:
+    result = subprocess.run(
+        [layout.binary("helm"), f"--kubeconfig={layout.kubeconfig}", "--namespace", RELEASE_NAMESPACE, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=layout.environment(),
+    )
+    return result.stdout
+
+
+def uninstall(layout: Layout) -> None:
+    helm(layout, "uninstall", RELEASE, "--ignore-not-found", "--wait", "--timeout=120s")
+    marker(layout).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from posegen_devstack import control_plane, kubelet_node
+from posegen_devstack import chart_install, control_plane, images, kubelet_node
 from posegen_devstack.layout import StackConfig
 from posegen_devstack.process_node import NODE_NAME, TAINT
 from posegen_devstack.processes import wait_for
@@ -239,3 +239,66 @@ def test_node_loss_moves_the_work_and_the_zombie_writes_nothing(
         frozen_at,
     )[0][0]
     assert late == 0, "the thawed zombie wrote after its node was lost"
+
+
+def operator_pod(cluster: Cluster) -> Any:
+    pods = cluster.core.list_namespaced_pod(
+        chart_install.RELEASE_NAMESPACE, label_selector="app.kubernetes.io/component=operator"
+    ).items
+    running = [pod for pod in pods if pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None]
+    return running[0] if len(running) == 1 else None
+
+
+def test_the_chart_in_containers_upgrade_and_rollback_lose_nothing(real_cluster: Cluster, real_namespace: str) -> None:
+    """`make demo`'s way: the chart's operator Deployment and migration Job in containers on the
+    kubelet node; `helm upgrade` to a new image tag and `helm rollback` with a generation in flight."""
+    stack = real_cluster.stack
+    built = images.build_images(stack)
+    operator_image = built["operator"]
+    repository, tag = operator_image.rsplit(":", 1)
+    images.push(f"localhost/posegen/posegen-operator:{tag}", f"{repository}:rollout")
+    overrides = {"worker": {"poseSeconds": 0.3, "secret": {"namespaces": [real_namespace]}}}
+    try:
+        chart_install.install(stack, built, stop_local_operator=stack.stop_operator, overrides=overrides)
+        installed = operator_pod(real_cluster)
+        assert installed.spec.node_name == kubelet_node.NODE_NAME and installed.spec.host_network
+        assert installed.spec.containers[0].image == operator_image
+        create_generation(real_cluster, real_namespace, "rolling", variationCount=60)
+        wait_for_status(
+            real_cluster,
+            real_namespace,
+            "rolling",
+            lambda s: s.get("posesCompleted", 0) >= 3,
+            timeout=120,
+            what="3 poses under the installed chart",
+        )
+        chart_install.helm(
+            stack,
+            "upgrade",
+            chart_install.RELEASE,
+            str(chart_install.CHART),
+            "--reuse-values",
+            "--set",
+            "image.tag=rollout",
+            "--wait",
+            "--timeout=300s",
+        )
+        upgraded = wait_for(lambda: operator_pod(real_cluster), timeout=120, what="the upgraded operator")
+        assert upgraded.spec.containers[0].image == f"{repository}:rollout"
+        chart_install.helm(stack, "rollback", chart_install.RELEASE, "1", "--wait", "--timeout=300s")
+        rolled_back = wait_for(
+            lambda: (
+                (pod := operator_pod(real_cluster)) is not None
+                and pod.spec.containers[0].image == operator_image
+                and pod
+            ),
+            timeout=120,
+            what="the rolled-back operator",
+        )
+        assert rolled_back.metadata.name != upgraded.metadata.name
+        final = wait_for_phase(real_cluster, real_namespace, "rolling", "Completed", timeout=240)
+        assert final["recoveries"] == 0, "an operator rollout is no reason to replace a healthy worker"
+        assert_exactly_once(real_cluster, final["generationId"], 60)
+    finally:
+        chart_install.uninstall(stack)
+        stack.start_operator()
