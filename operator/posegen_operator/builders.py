@@ -22,6 +22,8 @@ MANAGED_BY = "posegen-operator"
 LABEL_GENERATION = "posegen.io/generation"
 LABEL_ATTEMPT = "posegen.io/attempt"
 WORKER_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component=worker"
+WORKER_UID = 10001
+NODE_LOSS_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 
 def owner_of(namespace: str, name: str, uid: str) -> dict[str, Any]:
@@ -89,6 +91,7 @@ def build_worker_pod(
         env.append(_secret_env(secret, "FLUX_API_KEY", "flux-api-key", optional=True))
     elif settings.flux_api_key:
         env.append({"name": "FLUX_API_KEY", "value": settings.flux_api_key})
+    env += worker.extra_env
     if worker.output_claim:
         volume: dict[str, Any] = {"persistentVolumeClaim": {"claimName": worker.output_claim}}
     elif worker.output_host_path:
@@ -122,8 +125,8 @@ def build_worker_pod(
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "fsGroup": 10001,
+            "runAsUser": WORKER_UID,
+            "fsGroup": WORKER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
@@ -133,8 +136,9 @@ def build_worker_pod(
         spec["serviceAccountName"] = worker.service_account
     if worker.node_selector:
         spec["nodeSelector"] = worker.node_selector
-    if worker.tolerations:
-        spec["tolerations"] = worker.tolerations
+    spec["tolerations"] = [*worker.tolerations, *node_loss_tolerations(worker.node_loss_seconds)]
+    if worker.host_network:
+        spec["hostNetwork"] = True
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -154,6 +158,13 @@ def build_worker_pod(
     }
     kopf.adopt(pod, owner=kopf.Body(cast(kopf.RawBody, owner_of(namespace, name, uid))))
     return pod
+
+
+def node_loss_tolerations(seconds: int) -> list[dict[str, Any]]:
+    return [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
+        for key in NODE_LOSS_TAINTS
+    ]
 
 
 def build_event(

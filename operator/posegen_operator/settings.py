@@ -91,12 +91,20 @@ class _Env:
 class WorkerTemplate:
     """How worker pods are built (the chart's worker values)."""
 
-    image: str = "posegen-worker:latest"
+    # The published name (the chart's default): `make images` pushes the same name to a local registry.
+    image: str = "ghcr.io/posegen/posegen-worker:0.1.0"
     command: tuple[str, ...] = ("python", "-m", "posegen_worker")
     service_account: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    # Seconds a worker stays bound to a node that is NotReady or unreachable before it is evicted
+    # (Kubernetes' default is 300): the heartbeat replaces it sooner, this lets the old pod go.
+    node_loss_seconds: int = 10
+    # The node's network (single-node and development clusters reach 127.0.0.1 services this way).
+    host_network: bool = False
+    # More environment variables for the worker container (a list of EnvVar).
+    extra_env: list[dict[str, Any]] = field(default_factory=list)
     # Where images go: a hostPath or a PVC (claim name) mounted at mount_path, else an emptyDir.
     output_mount_path: str = "/var/lib/posegen/outputs"
     output_host_path: str | None = None
@@ -185,6 +193,9 @@ class Settings:
             resources=env.json("POSEGEN_WORKER_RESOURCES", {}, dict),
             node_selector=env.json("POSEGEN_WORKER_NODE_SELECTOR", {}, dict),
             tolerations=env.json("POSEGEN_WORKER_TOLERATIONS", [], list),
+            node_loss_seconds=env.integer("POSEGEN_WORKER_NODE_LOSS_SECONDS", 10, maximum=86400),
+            host_network=env.flag("POSEGEN_WORKER_HOST_NETWORK", False),
+            extra_env=env.json("POSEGEN_WORKER_EXTRA_ENV", [], list),
             output_mount_path=env.text("POSEGEN_OUTPUT_MOUNT_PATH", WorkerTemplate.output_mount_path),
             output_host_path=env.optional("POSEGEN_OUTPUT_HOST_PATH"),
             output_claim=env.optional("POSEGEN_OUTPUT_CLAIM"),

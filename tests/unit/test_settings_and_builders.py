@@ -42,6 +42,8 @@ def test_defaults_follow_the_seed_and_the_issue() -> None:
         ({"POSEGEN_GENERATOR": "flux"}, "FLUX_API_URL must be set"),
         ({"POSEGEN_WORKER_RESOURCES": "[1]"}, "POSEGEN_WORKER_RESOURCES must be a JSON dict"),
         ({"POSEGEN_WORKER_TOLERATIONS": "{oops"}, "POSEGEN_WORKER_TOLERATIONS must be JSON"),
+        ({"POSEGEN_WORKER_EXTRA_ENV": "{}"}, "POSEGEN_WORKER_EXTRA_ENV must be a JSON list"),
+        ({"POSEGEN_WORKER_HOST_NETWORK": "yes please"}, "POSEGEN_WORKER_HOST_NETWORK must be true or false"),
         ({"POSEGEN_OUTPUT_HOST_PATH": "/a", "POSEGEN_OUTPUT_CLAIM": "b"}, "set only one of"),
     ],
 )
@@ -179,6 +181,38 @@ def test_worker_pod_connects_with_its_minted_credentials_only() -> None:
     assert env["REDIS_URL"] == {"name": "REDIS_URL", "value": minted.redis_url}
     assert env["FLUX_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "posegen-worker"
     assert [e["name"] for e in pod["spec"]["containers"][0]["env"]].count("DATABASE_URL") == 1
+
+
+def test_worker_pod_defaults_need_no_host_network_and_leave_a_lost_node_soon() -> None:
+    spec = build_worker_pod("ns", "demo", "uid-1", "gen-1", 1, settings())["spec"]
+    assert "hostNetwork" not in spec and "initContainers" not in spec
+    assert spec["volumes"] == [{"name": "outputs", "emptyDir": {}}], "fsGroup makes an emptyDir the worker's"
+    assert spec["securityContext"]["fsGroup"] == 10001
+    assert spec["tolerations"] == [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 10}
+        for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+    ]
+    assert spec["containers"][0]["image"] == "ghcr.io/posegen/posegen-worker:0.1.0"
+
+
+def test_worker_pod_on_a_development_node() -> None:
+    extra = '[{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}]'
+    tolerations = '[{"key": "dedicated", "operator": "Exists"}]'
+    env = {
+        "POSEGEN_WORKER_HOST_NETWORK": "true",
+        "POSEGEN_WORKER_EXTRA_ENV": extra,
+        "POSEGEN_WORKER_NODE_LOSS_SECONDS": "5",
+        "POSEGEN_WORKER_TOLERATIONS": tolerations,
+        "POSEGEN_OUTPUT_HOST_PATH": "/srv/outputs",
+        "POSEGEN_WORKER_IMAGE": "127.0.0.1:5000/posegen/posegen-worker:abc",
+    }
+    spec = build_worker_pod("ns", "demo", "uid-1", "gen-1", 1, settings(**env))["spec"]
+    assert spec["hostNetwork"] is True
+    assert {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"} in spec["containers"][0]["env"]
+    assert spec["tolerations"][0] == {"key": "dedicated", "operator": "Exists"}
+    assert [t["tolerationSeconds"] for t in spec["tolerations"][1:]] == [5, 5]
+    assert spec["volumes"] == [{"name": "outputs", "hostPath": {"path": "/srv/outputs", "type": "DirectoryOrCreate"}}]
+    assert "initContainers" not in spec, "one container: its status is the worker's (a pull error is named)"
 
 
 def test_events_point_at_their_generation() -> None:
