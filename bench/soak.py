@@ -74,7 +74,7 @@ from bench.common import (
 )
 from bench.ledger import audit
 from posegen_common.schema import FINAL_STATUSES
-from posegen_devstack.processes import StackError, pid_alive, read_pid, stop, wait_for
+from posegen_devstack.processes import StackError, pid_alive, read_pid, running_pid, stop, wait_for
 from posegen_operator.builders import LABEL_ATTEMPT
 from posegen_operator.planning import FINAL_PHASES, Reason, worker_pod_name
 
@@ -305,6 +305,7 @@ class Nemesis:
         self.started = time.time()
         self.undo: list[tuple[float, Fault, Callable[[], None]]] = []
         self.operator_start_failures = 0
+        self.node_restarts = 0
         self.injectors: dict[str, Callable[[Fault], bool]] = {
             "worker_kill": self.worker_kill,
             "worker_zombie": self.worker_zombie,
@@ -332,6 +333,7 @@ class Nemesis:
                 else:
                     self.state.skipped[kind] = self.state.skipped.get(kind, 0) + 1
                     next_at = time.time() + 1.0  # no target now (say, no worker running): try again soon
+            self.keep_node_running()
             on_tick()
             time.sleep(0.2)
 
@@ -349,6 +351,15 @@ class Nemesis:
             self.state.faults.append(fault)
         self.log(f"FAULT {kind:<17} {fault.target:<18} {fault.detail}", at=fault.start)
         return True
+
+    def keep_node_running(self) -> None:
+        """The local node runner (the kubelet's stand-in) exits when the API server is gone for a while,
+        which a kubelet does not do; start it again (it adopts the running pod processes) and count it."""
+        stack = self.bench.stack
+        if running_pid(stack.run_dir / "node.pid") is None:
+            self.node_restarts += 1
+            self.log("node runner not running (it exits when the API server goes away): starting it again")
+            stack._start_node()
 
     def undo_due(self, now: float) -> None:
         for item in [u for u in self.undo if u[0] <= now]:
@@ -634,6 +645,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--skip", default="", help="comma-separated fault kinds not to inject")
     p.add_argument("--drain-seconds", type=float, default=240.0, help="time for every generation to finish")
     p.add_argument("--keep", action="store_true", help="keep the stack's state dir (logs) after the run")
+    p.add_argument("--results", default=NAME, help="results file name in bench/results/ (default soak)")
     args = p.parse_args(argv)
     skip = {k for k in args.skip.split(",") if k}
     args.faults = [k for k in args.faults.split(",") if k and k not in skip]
@@ -652,8 +664,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"--fault-interval {args.fault_interval:g} --poses {args.poses[0]} {args.poses[1]} "
         f"--faults {','.join(args.faults)} --drain-seconds {args.drain_seconds:g}"
     )
-    report = Report(NAME, f"{args.minutes:g} min", command)
-    report.settings = {**{k: v for k, v in vars(args).items() if k != "keep"}, "operator_env": OPERATOR_ENV}
+    report = Report(args.results, f"{args.minutes:g} min", command)
+    report.settings = {
+        **{k: v for k, v in vars(args).items() if k not in ("keep", "results")},
+        "operator_env": OPERATOR_ENV,
+    }
     state = SoakState()
     with BenchStack(NAME, OPERATOR_ENV, keep=args.keep) as bench:
         namespaces = [bench.namespace(f"soak{i}") for i in range(NAMESPACES)]
@@ -700,6 +715,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         drain_deadline = time.time() + args.drain_seconds
         while state.in_flight() and time.time() < drain_deadline:
             time.sleep(1)
+            nemesis.keep_node_running()
             status_line()
         drained = time.time() - fault_end
         load.stopping.set()
@@ -820,7 +836,7 @@ def evaluate(
         f"\nledger: {len(ledger.generations)} generations with rows, {ledger.pose_rows} pose rows, lost {ledger.lost}, "
         f"duplicated {ledger.duplicated}, completed but not exactly once {ledger.inexact}, seed duplicate query rows "
         f"{ledger.seed_duplicates}; drained in {drained:.0f} s; operator restarts that failed "
-        f"{nemesis.operator_start_failures}"
+        f"{nemesis.operator_start_failures}, node runner restarts {nemesis.node_restarts}"
     )
     if unfinished:
         print(f"unfinished: {', '.join(unfinished[:20])}" + (" ..." if len(unfinished) > 20 else ""))
@@ -848,6 +864,7 @@ def evaluate(
         "time_to_recover": all_ttr,
         "drain_seconds": drained,
         "operator_start_failures": nemesis.operator_start_failures,
+        "node_runner_restarts": nemesis.node_restarts,
         "fault_log": [{**asdict(f), "at": dt.datetime.fromtimestamp(f.start, dt.UTC).isoformat()} for f in faults],
         "recovery_log": [
             {**asdict(r), "cause": faults[r.cause].kind if r.cause is not None else None} for r in recoveries
