@@ -32,11 +32,11 @@ from bench.common import BenchStack, Report, command_line, parser, percentile, p
 from posegen_common import checkpoint
 from posegen_common.checkpoint import GenerationSpec, RecordedPose
 from posegen_common.database import create_db_engine
+from posegen_common.exit_codes import ExitCode
 from posegen_common.schema import pose_key
 from posegen_worker.generators import PoseRequest
 from posegen_worker.generators.embedded import EmbeddedGenerator
 from posegen_worker.heartbeat import Heartbeat
-from posegen_common.exit_codes import ExitCode
 from posegen_worker.run import Worker
 from posegen_worker.settings import WorkerSettings
 

@@ -36,6 +36,10 @@ class Cluster:
         return kubernetes.client.CustomObjectsApi(self.api)
 
     @property
+    def coordination(self) -> kubernetes.client.CoordinationV1Api:
+        return kubernetes.client.CoordinationV1Api(self.api)
+
+    @property
     def env(self) -> dict[str, str]:
         return {**os.environ, **self.stack.environment()}
 
@@ -203,3 +207,24 @@ def seed_generate(cluster: Cluster, namespace: str, variation_count: int) -> req
         "namespace": namespace,
     }
     return seed_api(cluster, "POST", "/generate", json=body)
+
+
+def poses_of(cluster: Cluster, generation_id: str) -> list[tuple[int, int]]:
+    return [
+        (r[0], r[1])
+        for r in sql(
+            cluster,
+            "SELECT pose_index, attempt FROM generated_pose WHERE generation_id = %s ORDER BY pose_index",
+            generation_id,
+        )
+    ]
+
+
+def assert_exactly_once(cluster: Cluster, generation_id: str, total: int) -> None:
+    assert [index for index, _ in poses_of(cluster, generation_id)] == list(range(total))
+    assert sql(
+        cluster,
+        "SELECT status, poses_completed, total_expected_poses FROM pose_generation WHERE id = %s",
+        generation_id,
+    ) == [("completed", total, total)]
+    assert sql(cluster, SEED_DUPLICATE_QUERY) == []

@@ -63,6 +63,12 @@ class GenerationState:
     last_pose_at: dt.datetime | None
     completed_at: dt.datetime | None
     error_message: str | None
+    worker_pod_created_at: dt.datetime | None = None
+    pod_refusals: int = 0
+    last_pod_error: str | None = None
+    last_pod_error_at: dt.datetime | None = None
+    transient_retries: int = 0
+    suspended_seconds: float = 0.0
 
     @property
     def final(self) -> bool:
@@ -102,6 +108,12 @@ _STATE_COLUMNS = (
     generation.c.recoveries,
     generation.c.attempt_reason,
     generation.c.worker_started_at,
+    generation.c.worker_pod_created_at,
+    generation.c.pod_refusals,
+    generation.c.last_pod_error,
+    generation.c.last_pod_error_at,
+    generation.c.transient_retries,
+    generation.c.suspended_seconds,
     generation.c.last_recovery_reason,
     generation.c.last_recovery_at,
     generation.c.started_at,
@@ -143,10 +155,14 @@ def fetch_states(conn: Connection, ids: Collection[str]) -> dict[str, Generation
     return {row.id: _state(row) for row in rows}
 
 
-def fetch_unfinished_ids(conn: Connection) -> set[str]:
-    """Queued or processing rows (served by the partial index): finds rows whose resource is gone."""
+def fetch_unfinished_ids(conn: Connection, namespaces: Collection[str] = ()) -> set[str]:
+    """Queued or processing rows (served by the partial index): finds rows whose resource is gone.
+    With ``namespaces``, only theirs: other namespaces may belong to another release."""
     active = (GenerationStatus.QUEUED, GenerationStatus.PROCESSING)
-    return set(conn.scalars(select(generation.c.id).where(generation.c.status.in_(active))))
+    query = select(generation.c.id).where(generation.c.status.in_(active))
+    if namespaces:
+        query = query.where(generation.c.namespace.in_(list(namespaces)))
+    return set(conn.scalars(query))
 
 
 @dataclass(frozen=True)
@@ -171,9 +187,16 @@ def fetch_changed(conn: Connection, since_xmin: int) -> dict[str, GenerationStat
 
 
 def begin_attempt(
-    conn: Connection, generation_id: str, expected_attempt: int, recovery_reason: str | None
+    conn: Connection,
+    generation_id: str,
+    expected_attempt: int,
+    recovery_reason: str | None,
+    *,
+    budgeted: bool = True,
 ) -> int | None:
-    """Fence out every earlier worker and claim the next attempt; None if another actor won."""
+    """Fence out every earlier worker and claim the next attempt; None if another actor won.
+    A recovery spends one of the generation's recoveries unless it is not ``budgeted`` (a cause
+    that is not the generation's fault: it counts as a transient retry)."""
     values: dict[str, Any] = {
         "attempt": generation.c.attempt + 1,
         "status": GenerationStatus.PROCESSING,
@@ -183,10 +206,19 @@ def begin_attempt(
         "error_message": None,
         "attempt_reason": recovery_reason,
         "worker_started_at": None,
+        "worker_pod_created_at": None,
+        "pod_refusals": 0,
+        "last_pod_error": None,
+        "last_pod_error_at": None,
+        # A resume ends a suspension: its length is kept out of the deadline.
+        "suspended_seconds": generation.c.suspended_seconds
+        + func.coalesce(func.extract("epoch", func.now() - generation.c.suspended_at), 0),
+        "suspended_at": None,
     }
     if recovery_reason is not None:
+        counter = generation.c.recoveries if budgeted else generation.c.transient_retries
         values |= {
-            "recoveries": generation.c.recoveries + 1,
+            counter.name: counter + 1,
             "last_recovery_reason": recovery_reason,
             "last_recovery_at": func.now(),
         }
@@ -203,6 +235,32 @@ def begin_attempt(
     return conn.execute(statement).scalar_one_or_none()
 
 
+def pod_created(conn: Connection, generation_id: str, attempt: int) -> None:
+    """The pod of ``attempt`` exists: from now on its absence means it is gone, not refused."""
+    conn.execute(
+        update(generation)
+        .where(
+            generation.c.id == generation_id,
+            generation.c.attempt == attempt,
+            generation.c.worker_pod_created_at.is_(None),
+        )
+        .values(worker_pod_created_at=func.now(), last_pod_error=None)
+    )
+
+
+def pod_refused(conn: Connection, generation_id: str, attempt: int, message: str) -> None:
+    """The API server refused the pod of ``attempt``: it is retried under the same attempt."""
+    conn.execute(
+        update(generation)
+        .where(
+            generation.c.id == generation_id,
+            generation.c.attempt == attempt,
+            generation.c.worker_pod_created_at.is_(None),
+        )
+        .values(pod_refusals=generation.c.pod_refusals + 1, last_pod_error=message, last_pod_error_at=func.now())
+    )
+
+
 def set_status(
     conn: Connection, generation_id: str, status: GenerationStatus, *, error_message: str | None = None
 ) -> bool:
@@ -210,6 +268,8 @@ def set_status(
     values: dict[str, Any] = {"status": status, "error_message": error_message}
     if status in FINAL_STATUSES:
         values["completed_at"] = func.now()
+    if status == GenerationStatus.SUSPENDED:
+        values["suspended_at"] = func.coalesce(generation.c.suspended_at, func.now())
     statement = (
         update(generation)
         .where(generation.c.id == generation_id, generation.c.status.not_in(list(FINAL_STATUSES)))

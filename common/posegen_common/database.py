@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -98,6 +99,11 @@ def migrate_in_child(url: str, timeout: float = 300) -> None:
         raise MigrationError(f"migrations did not finish within {timeout:.0f}s") from error
     if result.returncode != 0:
         raise MigrationError(f"migrations failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}")
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Postgres unreachable or the connection lost (as opposed to an error in the query)."""
+    return isinstance(error, OperationalError) or (isinstance(error, DBAPIError) and error.connection_invalidated)
 
 
 def main() -> None:

@@ -55,4 +55,6 @@ _MEANINGS: dict[int, ExitMeaning] = {
 
 def meaning(code: int | None) -> ExitMeaning:
     """What an exit code means; unknown codes and signals (137, 143) are crashes."""
-    return _MEANINGS.get(code if code is not None else -1, ExitMeaning(Fault.CRASH, "Crashed", f"exited with code {code}"))
+    return _MEANINGS.get(
+        code if code is not None else -1, ExitMeaning(Fault.CRASH, "Crashed", f"exited with code {code}")
+    )

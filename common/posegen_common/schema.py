@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -66,6 +67,17 @@ class PoseGenerationRow(Base):
     attempt_reason: Mapped[str | None] = mapped_column(String(32))
     # Set by the current attempt's worker when it starts: from then on its heartbeat is expected.
     worker_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set once the current attempt's pod exists: until then a refused create is retried under the
+    # same attempt (migration 0003).
+    worker_pod_created_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    pod_refusals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_pod_error: Mapped[str | None] = mapped_column(Text)
+    last_pod_error_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # New attempts after causes that are not the generation's fault: outside the recovery budget.
+    transient_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Time spent suspended does not count against the deadline.
+    suspended_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    suspended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_recovery_reason: Mapped[str | None] = mapped_column(String(32))
     last_recovery_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

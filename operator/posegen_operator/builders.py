@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import kopf
 
-from posegen_operator.planning import worker_pod_name
+from posegen_operator.model import worker_pod_name
 from posegen_operator.settings import Settings
 
 GROUP = "posegen.io"

@@ -18,7 +18,7 @@ RECONNECT_SECONDS = 2.0
 
 
 class HeartbeatExpiryWatcher:
-    def __init__(self, client: redis.Redis, on_expired: Callable[[str], None]) -> None:
+    def __init__(self, client: redis.Redis, on_expired: Callable[[str, int], None]) -> None:
         self.client = client
         self.on_expired = on_expired
         self.database = int(client.connection_pool.connection_kwargs.get("db", 0))
@@ -44,7 +44,7 @@ class HeartbeatExpiryWatcher:
                     key = message["data"].decode() if isinstance(message["data"], bytes) else str(message["data"])
                     owner = keys.heartbeat_owner(key)
                     if owner is not None:
-                        self.on_expired(owner[0])
+                        self.on_expired(*owner)
             except redis.RedisError as error:
                 log.debug("heartbeat expiry watch interrupted (%s); the sweep covers meanwhile", error)
                 self._stopping.wait(RECONNECT_SECONDS)

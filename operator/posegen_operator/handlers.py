@@ -45,8 +45,11 @@ def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.probe(id="controller")
 def controller_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
-    runtime: Runtime = memo["runtime"]
-    return {"leader": runtime.controller.elector.is_leader, "lastPassOk": runtime.controller.last_pass_ok}
+    """The liveness probe: fails when the controller loop is wedged, so Kubernetes restarts us."""
+    controller = memo["runtime"].controller
+    if not controller.alive():
+        raise kopf.PermanentError("the controller loop has not come round for several sweeps")
+    return {"leader": controller.elector.is_leader, "lastPassOk": controller.last_pass_ok}
 
 
 def observe(memo: kopf.Memo, kind: str, event: kopf.RawEvent) -> None:

@@ -1,13 +1,20 @@
-"""Leader election on a coordination.k8s.io Lease: of all replicas only the holder acts. The lease
-is renewed well inside its duration; a holder that cannot renew in time steps down before another
-replica may take over. Even if two replicas ever act at once, attempt fencing in Postgres keeps
-every pose written once."""
+"""Leader election on a coordination.k8s.io Lease: of all replicas only the holder acts.
+
+As client-go does it: the lease is renewed on its own schedule by its own thread, whatever a pass
+is doing; another holder's lease is judged expired by how long *this* replica has watched its
+record stay unchanged, never by comparing another machine's clock; a holder that sees someone
+else holding the lease, or cannot renew within the renew deadline, steps down at once; a release
+clears the lease only while we still hold it. Even if two replicas ever act at once, attempt
+fencing in Postgres keeps every pose written once."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -18,12 +25,17 @@ REQUEST_TIMEOUT = (3, 5)
 API_URL_ANNOTATION = "posegen.io/api-url"
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _micro(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What identifies one renewal of the lease: it changes whenever the holder renews."""
+
+    holder: str | None
+    renew_time: str | None
+    duration: float
 
 
 class LeaderElector:
@@ -35,64 +47,94 @@ class LeaderElector:
         namespace: str,
         identity: str,
         lease_seconds: float = 15,
-        renew_seconds: float = 5,
+        renew_deadline_seconds: float = 10,
+        retry_seconds: float = 2,
         enabled: bool = True,
         advertise_url: str | None = None,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.coordination = kubernetes.client.CoordinationV1Api(api) if enabled else None
         self.advertise_url = advertise_url
         self.leader_url: str | None = None  # the active replica's admin API, as its lease says
         self.name, self.namespace, self.identity = name, namespace, identity
-        self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
-        self._held_until = 0.0  # monotonic: when our last successful renewal expires
-        self._renewed_at = 0.0
-        self.retry_seconds = 2.0
+        self.lease_seconds = lease_seconds
+        self.renew_deadline = renew_deadline_seconds
+        self.retry_seconds = retry_seconds
+        self.on_change = on_change or (lambda _leading: None)
+        self._lock = threading.Lock()
+        self._renewed_at = 0.0  # monotonic: our last successful acquire or renewal
+        self._leading = False
+        self._observed: _Record | None = None
+        self._observed_at = 0.0  # monotonic: when this replica saw the record change last
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="posegen-lease", daemon=True)
 
     @property
     def is_leader(self) -> bool:
-        return self.coordination is None or time.monotonic() < self._held_until - 2
-
-    def ensure(self) -> bool:
-        """Acquire or renew as needed; True while this replica may act."""
+        """True while this replica holds the lease and renewed it within the renew deadline."""
         if self.coordination is None:
             return True
-        if self.is_leader and time.monotonic() - self._renewed_at < self.renew_seconds:
-            return True
-        was_leader = self.is_leader
+        with self._lock:
+            return self._leading and time.monotonic() - self._renewed_at < self.renew_deadline
+
+    def start(self) -> None:
+        if self.coordination is not None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=REQUEST_TIMEOUT[1] * 2)
+        self.release()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self.try_acquire_or_renew()
+            self._stopping.wait(self.retry_seconds)
+
+    def try_acquire_or_renew(self) -> bool:
+        """One round: acquire the lease, renew it, or watch another holder's. True while leading."""
         try:
-            acquired = self._try_acquire_or_renew()
+            leading = self._try_acquire_or_renew()
         except Exception as error:
             log.warning("lease %s/%s not renewed: %s", self.namespace, self.name, error)
-            acquired = False
-        if acquired:
-            started = time.monotonic()
-            self._renewed_at, self._held_until = started, started + self.lease_seconds
-            if not was_leader:
+            leading = self.is_leader  # keep leading until the renew deadline passes
+        self._set_leading(leading)
+        return leading
+
+    def _set_leading(self, leading: bool) -> None:
+        with self._lock:
+            changed, self._leading = leading != self._leading, leading
+        if changed:
+            if leading:
                 log.info(
                     "became the active replica (lease %s/%s, identity %s)", self.namespace, self.name, self.identity
                 )
-        elif was_leader and not self.is_leader:
-            log.warning("lost the lease %s/%s: standing by", self.namespace, self.name)
-        return self.is_leader
+            else:
+                log.warning("lost the lease %s/%s: standing by", self.namespace, self.name)
+            self.on_change(leading)
 
     def release(self) -> None:
-        """Hand over at once on a clean shutdown instead of making the standby wait out the lease."""
+        """Hand over at once on a clean shutdown, but only a lease we still hold."""
         if self.coordination is None or not self.is_leader:
             return
+        self._set_leading(False)
         try:
-            self.coordination.patch_namespaced_lease(
-                self.name,
-                self.namespace,
-                {"spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": _micro(_now())}},
-                _request_timeout=REQUEST_TIMEOUT,
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
+            if lease.spec.holder_identity != self.identity:
+                return
+            lease.spec.holder_identity = None
+            lease.spec.lease_duration_seconds = 1
+            # replace carries the resourceVersion we read: it fails if anyone took the lease since.
+            self.coordination.replace_namespaced_lease(
+                self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
             )
         except Exception as error:
             log.warning("lease not released: %s", error)
-        self._held_until = 0.0
 
     def _try_acquire_or_renew(self) -> bool:
         assert self.coordination is not None
-        now = _now()
+        now = dt.datetime.now(dt.UTC)
         try:
             lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as error:
@@ -108,15 +150,21 @@ class LeaderElector:
                 if conflict.status == 409:
                     return False
                 raise
+            self._renewed(now)
             return True
         spec = lease.spec
         holder = spec.holder_identity
-        renewed = spec.renew_time or spec.acquire_time
-        duration = spec.lease_duration_seconds or self.lease_seconds
-        expired = renewed is None or (now - renewed).total_seconds() > duration
-        if holder and holder != self.identity and not expired:
+        renew_time = spec.renew_time or spec.acquire_time
+        record = _Record(
+            holder, renew_time.isoformat() if renew_time else None, float(spec.lease_duration_seconds or 0)
+        )
+        monotonic = time.monotonic()
+        if record != self._observed:
+            self._observed, self._observed_at = record, monotonic
+        if holder and holder != self.identity:
             self.leader_url = (lease.metadata.annotations or {}).get(API_URL_ANNOTATION)
-            return False
+            if monotonic < self._observed_at + record.duration:
+                return False  # held by another replica, renewed within its duration as we saw it
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
         acquired = spec.acquire_time if holder == self.identity and spec.acquire_time else now
         lease.spec = self._spec(now, transitions, acquired)
@@ -130,7 +178,14 @@ class LeaderElector:
             if error.status == 409:
                 return False
             raise
+        self._renewed(now)
         return True
+
+    def _renewed(self, now: dt.datetime) -> None:
+        with self._lock:
+            self._renewed_at = time.monotonic()
+        self._observed = _Record(self.identity, now.isoformat(), self.lease_seconds)
+        self._observed_at = time.monotonic()
 
     def _annotations(self, existing: dict[str, str]) -> dict[str, str]:
         if self.advertise_url is None:

@@ -7,7 +7,7 @@ from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from posegen_operator.planning import Reason
+from posegen_operator.model import Reason
 
 PREFIX = "posegen"
 RECOVERY_REASONS = tuple(str(reason) for reason in Reason)
@@ -86,9 +86,22 @@ class Metrics:
         self.action_errors = Counter(
             f"{PREFIX}_action_errors_total", "Actions that failed and will be retried.", ["action"], registry=r
         )
+        self.invalid_objects = Counter(
+            f"{PREFIX}_invalid_objects_total",
+            "Objects skipped because they are malformed (each object and fault counted once).",
+            ["kind"],
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            f"{PREFIX}_dependency_up", "1 while the operator reaches the dependency.", ["dependency"], registry=r
+        )
         self.build_info = Gauge(f"{PREFIX}_build_info", "The running operator's version.", ["version"], registry=r)
         self.build_info.labels(version=_version()).set(1)
         # Every labelled series exists from the start at 0, so rate() sees each first event.
+        for kind in ("generations", "pods"):
+            self.invalid_objects.labels(kind=kind)
+        for dependency in ("database", "redis"):
+            self.dependency_up.labels(dependency=dependency).set(1)
         for reason in RECOVERY_REASONS:
             self.recovery_latency.labels(reason=reason)
             for result in ("recovered", "failed"):

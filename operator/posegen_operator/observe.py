@@ -8,156 +8,28 @@ heartbeats from one Redis MGET. Finished generations cost nothing."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import sys
-import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import redis
 from sqlalchemy import Connection, Engine
 
-from posegen_common import checkpoint, keys
+from posegen_common import checkpoint
 from posegen_common.checkpoint import GenerationSpec
-from posegen_operator.builders import FINALIZER, GROUP, LABEL_ATTEMPT, RECOVER_ANNOTATION
-from posegen_operator.planning import FINAL_PHASES, GenerationView, HeartbeatView, Observed, PodView, Policy
+from posegen_operator.builders import FINALIZER, LABEL_ATTEMPT, RECOVER_ANNOTATION
+from posegen_operator.cache import Body, ObjectCache
+from posegen_operator.heartbeats import HeartbeatMonitor, HeartbeatReading
+from posegen_operator.model import FINAL_PHASES, GenerationView, InvalidGeneration, PodView, Policy, Snapshot
+from posegen_operator.poison import PoisonLog
 from posegen_operator.settings import Settings
 
 log = logging.getLogger("posegen.operator")
-Body = dict[str, Any]
 
 
 def parse_time(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _resource_version(body: Body) -> int:
-    try:
-        return int(body["metadata"].get("resourceVersion", 0))
-    except (TypeError, ValueError):
-        return 0
-
-
-_KEPT_METADATA = (
-    "name",
-    "namespace",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "finalizers",
-    "ownerReferences",
-    "labels",
-)
-
-
-def slim(kind: str, body: Body) -> Body:
-    """What the operator reads of an object: identity and lifecycle metadata, labels, our own
-    annotations, status, and a generation's spec. The rest (managedFields, a last-applied
-    configuration, a pod's spec) is most of an object's size, and with thousands of objects cached,
-    most of the operator's memory. Strings are interned: the objects repeat each other's keys and
-    most values, and each watch event brings its own copies."""
-    metadata = body["metadata"]
-    kept: Body = {key: metadata[key] for key in _KEPT_METADATA if key in metadata}
-    own = {key: value for key, value in (metadata.get("annotations") or {}).items() if key.startswith(f"{GROUP}/")}
-    if own:
-        kept["annotations"] = own
-    read: Body = {"metadata": kept}
-    for part in ("spec", "status") if kind == "generations" else ("status",):
-        if part in body:
-            read[part] = body[part]
-    return cast(Body, _interned(read))
-
-
-def _interned(value: Any) -> Any:
-    if isinstance(value, str):
-        return sys.intern(value)
-    if isinstance(value, dict):
-        return {sys.intern(key): _interned(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_interned(item) for item in value]
-    return value
-
-
-class ObjectCache:
-    """PoseGenerations and worker pods by uid; watch events may arrive late or twice, so only a
-    newer resourceVersion replaces what is cached. A re-list is merged, not swapped in: what the
-    watch delivered while the list was in flight (a creation, a deletion) is newer than the list."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._objects: dict[str, dict[str, Body]] = {"generations": {}, "pods": {}}
-        self._deleted: dict[str, dict[str, int]] = {"generations": {}, "pods": {}}  # uid -> version deleted at
-        self._pods_by_owner: dict[str, set[str]] = {}  # owner uid -> pod uids
-
-    def upsert(self, kind: str, body: Body) -> None:
-        uid = body["metadata"]["uid"]
-        with self._lock:
-            if self._deleted[kind].get(uid, -1) >= _resource_version(body):
-                return  # a late event for something already deleted
-            current = self._objects[kind].get(uid)
-            if current is None or _resource_version(body) > _resource_version(current):
-                self._objects[kind][uid] = slim(kind, body)
-                if kind == "pods":
-                    for owner in _owners(body):
-                        self._pods_by_owner.setdefault(owner, set()).add(uid)
-
-    def remove(self, kind: str, body: Body) -> None:
-        uid = body["metadata"]["uid"]
-        with self._lock:
-            self._deleted[kind][uid] = _resource_version(body)
-            gone = self._objects[kind].pop(uid, None)
-            if kind == "pods" and gone is not None:
-                for owner in _owners(gone):
-                    self._pods_by_owner.get(owner, set()).discard(uid)
-                    if not self._pods_by_owner.get(owner):
-                        self._pods_by_owner.pop(owner, None)
-
-    def replace(self, kind: str, bodies: Iterable[Body], listed_at: int) -> None:
-        """Merge a list taken at resourceVersion ``listed_at``: the list wins over older cached
-        versions and drops what it no longer holds, unless the watch has seen it since."""
-        with self._lock:
-            cached, deleted = self._objects[kind], self._deleted[kind]
-            merged: dict[str, Body] = {}
-            for body in bodies:
-                uid = body["metadata"]["uid"]
-                if deleted.get(uid, 0) > listed_at:
-                    continue  # deleted after the list was taken
-                current = cached.get(uid)
-                newer = current is not None and _resource_version(current) > _resource_version(body)
-                merged[uid] = current if current is not None and newer else slim(kind, body)
-            for uid, current in cached.items():
-                if uid not in merged and _resource_version(current) > listed_at:
-                    merged[uid] = current  # created after the list was taken
-            self._objects[kind] = merged
-            self._deleted[kind] = {uid: at for uid, at in deleted.items() if at > listed_at}
-            if kind == "pods":
-                self._pods_by_owner = {}
-                for uid, pod in merged.items():
-                    for owner in _owners(pod):
-                        self._pods_by_owner.setdefault(owner, set()).add(uid)
-
-    def generations(self) -> list[Body]:
-        with self._lock:
-            return list(self._objects["generations"].values())
-
-    def has_pods(self, owner_uid: str) -> bool:
-        with self._lock:
-            return owner_uid in self._pods_by_owner
-
-    def pods_of(self, owner_uid: str) -> list[Body]:
-        with self._lock:
-            pods = self._objects["pods"]
-            return [pods[uid] for uid in self._pods_by_owner.get(owner_uid, ()) if uid in pods]
-
-
-def _owners(pod: Body) -> list[str]:
-    return [owner["uid"] for owner in pod["metadata"].get("ownerReferences") or []]
 
 
 def generation_spec(body: Body) -> GenerationSpec:
@@ -192,16 +64,34 @@ def pod_view(body: Body) -> PodView:
     state = container.get("state") or {}
     terminated = state.get("terminated") or {}
     running = state.get("running") or {}
+    waiting = state.get("waiting") or {}
+    scheduled: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
+    if not waiting and scheduled.get("status") == "False":
+        waiting = scheduled  # Unschedulable, with the scheduler's message
     return PodView(
         name=meta["name"],
-        attempt=int(meta.get("labels", {}).get(LABEL_ATTEMPT, 0)),
+        attempt=attempt_of(meta.get("labels") or {}),
         phase=status.get("phase", "Pending"),
         deleting=meta.get("deletionTimestamp") is not None,
         exit_code=terminated.get("exitCode"),
         reason=status.get("reason"),
         running_since=parse_time(running.get("startedAt")) or parse_time(status.get("startTime")),
         finished_at=parse_time(terminated.get("finishedAt")),
+        created_at=parse_time(meta.get("creationTimestamp")),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message"),
+        terminated_reason=terminated.get("reason"),
+        terminated_message=terminated.get("message"),
     )
+
+
+def attempt_of(labels: dict[str, str]) -> int | None:
+    """The attempt a worker pod runs, from its label; None unless it is a positive integer."""
+    value = labels.get(LABEL_ATTEMPT)
+    if not isinstance(value, str) or not value.isdigit() or not value.isascii():
+        return None
+    attempt = int(value)
+    return attempt if attempt > 0 else None
 
 
 def needs_attention(body: Body, has_pods: bool) -> bool:
@@ -221,7 +111,7 @@ def needs_attention(body: Body, has_pods: bool) -> bool:
 
 @dataclass(frozen=True)
 class Observation:
-    observed: Observed
+    snapshot: Snapshot
     counts: dict[str, int]  # resources by phase, over every cached resource (the generations gauge)
     finalizers: dict[tuple[str, str], tuple[str, list[str]]]  # (resourceVersion, finalizers) of those in play
 
@@ -251,11 +141,19 @@ class RowCache:
 
 
 class Observer:
-    def __init__(self, settings: Settings, engine: Engine, redis_client: redis.Redis, cache: ObjectCache) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        heartbeats: HeartbeatMonitor,
+        cache: ObjectCache,
+        poison: PoisonLog,
+    ) -> None:
         self.settings = settings
         self.engine = engine
-        self.redis = redis_client
+        self.heartbeats = heartbeats
         self.cache = cache
+        self.poison = poison
         self.rows = RowCache()
 
     def observe(self, *, first_pass: bool, refresh: bool) -> Observation:
@@ -268,10 +166,6 @@ class Observer:
             phase = (body.get("status") or {}).get("phase") or "Pending"
             counts[phase] = counts.get(phase, 0) + 1
         active = [body for body in bodies if needs_attention(body, self.cache.has_pods(body["metadata"]["uid"]))]
-        pods_by_owner = {
-            body["metadata"]["uid"]: [pod_view(pod) for pod in self.cache.pods_of(body["metadata"]["uid"])]
-            for body in active
-        }
         ids = [body["metadata"]["uid"] for body in active]
         with self.engine.connect() as conn:
             mark = checkpoint.read_mark(conn)
@@ -279,18 +173,37 @@ class Observer:
             orphans: frozenset[str] = frozenset()
             if refresh:
                 known = {body["metadata"]["uid"] for body in bodies}
-                orphans = frozenset(checkpoint.fetch_unfinished_ids(conn) - known)
+                orphans = frozenset(checkpoint.fetch_unfinished_ids(conn, self.settings.namespaces) - known)
+                self.poison.forget(known | {pod["metadata"]["uid"] for pod in self.cache.pods()})
         processing = [(i, rows[i].attempt) for i in ids if i in rows and rows[i].status == "processing"]
-        heartbeats, trustworthy = self._heartbeats(processing)
-        now = dt.datetime.now(dt.UTC)
-        views = tuple(self._view(body, rows.get(body["metadata"]["uid"]), pods_by_owner, heartbeats) for body in active)
-        observed = Observed(
-            views,
-            now=now,
+        heartbeats = self.heartbeats.read(processing)
+        views: list[GenerationView] = []
+        invalid: list[InvalidGeneration] = []
+        for body in active:
+            meta = body["metadata"]
+            try:
+                views.append(self._view(body, rows.get(meta["uid"]), heartbeats))
+            except Exception as error:  # one object the operator cannot read must not stop the others
+                what = f"PoseGeneration {meta.get('namespace')}/{meta.get('name')}"
+                self.poison.report("generations", meta["uid"], what, error)
+                invalid.append(
+                    InvalidGeneration(
+                        (meta["namespace"], meta["name"]),
+                        meta["uid"],
+                        int(meta.get("generation") or 0),
+                        dict(body.get("status") or {}),
+                        f"the operator cannot read this object: {type(error).__name__}: {error}",
+                    )
+                )
+        snapshot = Snapshot(
+            tuple(views),
+            now=dt.datetime.now(dt.UTC),
             db_now=mark.now,
-            heartbeats_trustworthy=trustworthy,
+            heartbeats_trustworthy=heartbeats.trustworthy,
+            redis_reachable=heartbeats.reachable,
             first_pass=first_pass,
             orphan_row_ids=orphans,
+            invalid=tuple(invalid),
         )
         finalizers = {
             (b["metadata"]["namespace"], b["metadata"]["name"]): (
@@ -299,15 +212,9 @@ class Observer:
             )
             for b in active
         }
-        return Observation(observed, counts, finalizers)
+        return Observation(snapshot, counts, finalizers)
 
-    def _view(
-        self,
-        body: Body,
-        row: checkpoint.GenerationState | None,
-        pods: dict[str, list[PodView]],
-        heartbeats: dict[str, HeartbeatView],
-    ) -> GenerationView:
+    def _view(self, body: Body, row: checkpoint.GenerationState | None, heartbeats: HeartbeatReading) -> GenerationView:
         meta, spec = body["metadata"], body.get("spec", {})
         uid = meta["uid"]
         return GenerationView(
@@ -325,31 +232,28 @@ class Observer:
             status=dict(body.get("status") or {}),
             recover_request=(meta.get("annotations") or {}).get(RECOVER_ANNOTATION),
             row=row,
-            pods=tuple(sorted(pods.get(uid, []), key=lambda p: p.attempt)),
-            heartbeat=heartbeats.get(uid),
+            pods=self._pods_of(meta["namespace"], uid),
+            heartbeat=heartbeats.beats.get(uid),
+            heartbeat_silent_for=heartbeats.silent_for.get(uid),
         )
 
-    def _heartbeats(self, attempts: list[tuple[str, int]]) -> tuple[dict[str, HeartbeatView], bool]:
-        """One MGET. Heartbeats are trusted only if Redis has been up longer than one TTL: right
-        after a Redis restart every key is missing, and that must not look like a mass hang."""
-        if not attempts:
-            return {}, True
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.info("server")
-            pipe.mget([keys.heartbeat(i, attempt) for i, attempt in attempts])
-            info, values = pipe.execute()
-        except redis.RedisError as error:
-            log.warning("redis unavailable, hang detection paused: %s", error)
-            return {}, False
-        trustworthy = int(info.get("uptime_in_seconds", 0)) >= self.settings.heartbeat_ttl
-        beats: dict[str, HeartbeatView] = {}
-        for (generation_id, _attempt), raw in zip(attempts, values, strict=True):
-            if raw is None:
-                continue
+    def _pods_of(self, namespace: str, owner_uid: str) -> tuple[PodView, ...]:
+        """The generation's worker pods; a pod that cannot be read is skipped, one whose attempt
+        label is malformed is kept (attempt None: the rules delete it) and both are reported."""
+        pods: list[PodView] = []
+        for body in self.cache.pods_of(owner_uid):
+            meta = body["metadata"]
+            if meta.get("namespace") != namespace:
+                continue  # an owner reference across namespaces is dangling, not ours
+            what = f"pod {namespace}/{meta.get('name')}"
             try:
-                value = json.loads(raw)
-                beats[generation_id] = HeartbeatView(int(value["attempt"]), int(value.get("poses", 0)))
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignoring a malformed heartbeat for %s", generation_id)
-        return beats, trustworthy
+                pod = pod_view(body)
+            except Exception as error:  # one object the operator cannot read must not stop the others
+                self.poison.report("pods", meta["uid"], what, error)
+                continue
+            if pod.attempt is None:
+                label = (meta.get("labels") or {}).get(LABEL_ATTEMPT)
+                malformed = ValueError(f"invalid {LABEL_ATTEMPT} label {label!r}")
+                self.poison.report("pods", meta["uid"], what, malformed)
+            pods.append(pod)
+        return tuple(sorted(pods, key=lambda p: (p.attempt is None, p.attempt or 0)))

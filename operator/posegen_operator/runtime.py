@@ -66,7 +66,7 @@ class Runtime:
         )
         controller = Controller(settings, api, engine, redis_client, metrics, elector)
         # A heartbeat that expires wakes the controller at once (the pass decides if it is a hang).
-        expiry = HeartbeatExpiryWatcher(redis_client, lambda _generation_id: controller.notify())
+        expiry = HeartbeatExpiryWatcher(redis_client, controller.heartbeat_expired)
         return cls(settings, engine, redis_client, api, metrics, controller, expiry)
 
     async def start(self) -> None:

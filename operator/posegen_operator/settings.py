@@ -111,6 +111,7 @@ class Settings:
     heartbeat_ttl: float
     heartbeat_interval: float
     worker_startup_grace: float
+    worker_start_timeout: float
     stall_timeout: float
     deadline: float
     max_recoveries: int
@@ -171,6 +172,7 @@ class Settings:
             heartbeat_ttl=heartbeat_ttl,
             heartbeat_interval=heartbeat_interval,
             worker_startup_grace=env.number("POSEGEN_WORKER_STARTUP_GRACE_SECONDS", 30, maximum=3600),
+            worker_start_timeout=env.number("POSEGEN_WORKER_START_TIMEOUT_SECONDS", 300, minimum=10, maximum=86400),
             stall_timeout=env.number("POSEGEN_STALL_TIMEOUT_SECONDS", 600, minimum=10, maximum=86400),
             deadline=env.number("POSEGEN_DEADLINE_SECONDS", 7200, minimum=30, maximum=604800),
             max_recoveries=env.integer("POSEGEN_MAX_RECOVERIES", 5, maximum=100),

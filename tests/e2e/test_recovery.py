@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -15,9 +14,10 @@ import pytest
 
 from posegen_devstack.processes import free_port, wait_for
 from tests.harness import (
-    SEED_DUPLICATE_QUERY,
     Cluster,
+    assert_exactly_once,
     create_generation,
+    poses_of,
     seed_api,
     seed_generate,
     sql,
@@ -28,37 +28,6 @@ from tests.harness import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def poses_of(cluster: Cluster, generation_id: str) -> list[tuple[int, int]]:
-    return [
-        (r[0], r[1])
-        for r in sql(
-            cluster,
-            "SELECT pose_index, attempt FROM generated_pose WHERE generation_id = %s ORDER BY pose_index",
-            generation_id,
-        )
-    ]
-
-
-def assert_exactly_once(cluster: Cluster, generation_id: str, total: int) -> None:
-    assert [index for index, _ in poses_of(cluster, generation_id)] == list(range(total))
-    assert sql(
-        cluster,
-        "SELECT status, poses_completed, total_expected_poses FROM pose_generation WHERE id = %s",
-        generation_id,
-    ) == [("completed", total, total)]
-    assert sql(cluster, SEED_DUPLICATE_QUERY) == []
-
-
-@pytest.fixture
-def slow_poses(cluster: Cluster) -> Iterator[None]:
-    """Poses at a pace where a kill lands mid-generation."""
-    cluster.stack.stop_operator()
-    cluster.stack.start_operator(POSEGEN_POSE_SECONDS="0.15")
-    yield
-    cluster.stack.stop_operator()
-    cluster.stack.start_operator()
 
 
 @pytest.mark.usefixtures("slow_poses")

@@ -17,9 +17,9 @@ from sqlalchemy import Connection, Engine
 from posegen_common import checkpoint
 from posegen_common.checkpoint import GenerationSpec, RecordedPose, Superseded
 from posegen_common.database import create_db_engine, migrate
+from posegen_common.exit_codes import ExitCode
 from posegen_common.schema import Base
 from posegen_operator.observe import RowCache
-from posegen_common.exit_codes import ExitCode
 from tests.harness import SEED_DUPLICATE_QUERY, Cluster, sql
 
 pytestmark = pytest.mark.integration

@@ -12,17 +12,17 @@ from typing import Any, TypeVar
 
 from posegen_common.checkpoint import GenerationSpec, GenerationState
 from posegen_common.schema import GenerationStatus
-from posegen_operator.planning import (
+from posegen_operator.actions import PatchStatus, Plan
+from posegen_operator.model import (
     GenerationView,
     HeartbeatView,
-    Observed,
-    PatchStatus,
-    Plan,
+    InvalidGeneration,
     PlanConfig,
     PodView,
     Policy,
-    plan,
+    Snapshot,
 )
+from posegen_operator.rules import plan
 
 NAMESPACE = "poses"
 NOW = dt.datetime(2025, 6, 1, 12, 0, 0, tzinfo=dt.UTC)  # the operator's clock
@@ -98,6 +98,7 @@ def row(name: str, **changes: Any) -> GenerationState:
         last_pose_at=ago(5, DB_NOW),
         completed_at=None,
         error_message=None,
+        worker_pod_created_at=ago(100, DB_NOW),
     )
     return dataclasses.replace(base, **changes)
 
@@ -110,6 +111,7 @@ def queued_row(name: str, **changes: Any) -> GenerationState:
         "poses_completed": 0,
         "started_at": None,
         "last_pose_at": None,
+        "worker_pod_created_at": None,
     }
     return row(name, **(fresh | changes))
 
@@ -134,6 +136,7 @@ def pod(
         reason=reason,
         running_since=ago(running_for) if phase != "Pending" else None,
         finished_at=NOW if terminated else None,
+        created_at=ago(running_for + 1),
     )
 
 
@@ -147,6 +150,7 @@ def generation(
     row: GenerationState | None = None,
     pods: tuple[PodView, ...] = (),
     heartbeat: HeartbeatView | None = None,
+    silent_for: float | None = None,
     status: dict[str, Any] | None = None,
     priority: int = 0,
     created_at: dt.datetime | None = None,
@@ -174,6 +178,7 @@ def generation(
         row=row,
         pods=pods,
         heartbeat=heartbeat,
+        heartbeat_silent_for=silent_for,
     )
 
 
@@ -194,14 +199,18 @@ def observe(
     trustworthy: bool = True,
     first_pass: bool = False,
     orphans: frozenset[str] = frozenset(),
-) -> Observed:
-    return Observed(
+    redis_reachable: bool = True,
+    invalid: tuple[InvalidGeneration, ...] = (),
+) -> Snapshot:
+    return Snapshot(
         generations=views,
         now=now,
         db_now=db_now,
         heartbeats_trustworthy=trustworthy,
         first_pass=first_pass,
         orphan_row_ids=orphans,
+        redis_reachable=redis_reachable,
+        invalid=invalid,
     )
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from posegen_operator.observe import ObjectCache
+from posegen_operator.cache import ObjectCache
 
 
 def obj(uid: str, version: int, owners: tuple[str, ...] = (), **meta: Any) -> dict[str, Any]:
     metadata = {"uid": uid, "resourceVersion": str(version), "managedFields": [{"big": "x" * 100}], **meta}
     if owners:
-        metadata["ownerReferences"] = [{"uid": owner} for owner in owners]
+        metadata["ownerReferences"] = [
+            {"apiVersion": "posegen.io/v1", "kind": "PoseGeneration", "uid": owner, "controller": True}
+            for owner in owners
+        ]
     return {"metadata": metadata}
 
 
@@ -108,3 +111,16 @@ def test_only_what_the_operator_reads_is_cached() -> None:
     assert "spec" not in cached_pod  # a pod's spec is never read
     assert cached_pod["metadata"]["labels"] == {"posegen.io/attempt": "1"}
     assert cached_pod["status"] == {"phase": "Running"}
+
+
+def test_a_pod_belongs_only_to_its_controlling_posegeneration() -> None:
+    cache = ObjectCache()
+    foreign = obj("p1", 1)
+    foreign["metadata"]["ownerReferences"] = [
+        {"apiVersion": "posegen.io/v1", "kind": "PoseGeneration", "uid": "g1", "controller": False},
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "uid": "g1", "controller": True},
+    ]
+    cache.upsert("pods", foreign)
+    cache.upsert("pods", obj("p2", 1, ("g1",)))
+
+    assert [p["metadata"]["uid"] for p in cache.pods_of("g1")] == ["p2"]

@@ -10,25 +10,23 @@ from typing import Any
 import pytest
 
 from posegen_common.schema import GenerationStatus
-from posegen_operator.builders import RECOVER_ANNOTATION
-from posegen_operator.observe import needs_attention, policy_of
-from posegen_operator.planning import (
+from posegen_operator.actions import (
     Action,
     AddFinalizer,
     DeletePod,
-    Emit,
-    GenerationView,
     PatchStatus,
     Plan,
-    Reason,
+    PostEvent,
     Recovery,
-    Register,
+    RegisterRow,
     RemoveFinalizer,
     SetRowStatus,
     StartWorker,
-    backoff_seconds,
-    worker_pod_name,
 )
+from posegen_operator.builders import RECOVER_ANNOTATION
+from posegen_operator.model import GenerationView, Reason, worker_pod_name
+from posegen_operator.observe import needs_attention, policy_of
+from posegen_operator.rules import backoff_seconds
 from tests.unit.planning_fixtures import (
     CONFIG,
     DB_NOW,
@@ -63,8 +61,41 @@ def seconds(value: float) -> dt.timedelta:
     return dt.timedelta(seconds=value)
 
 
-def progressing(status: str, reason: str, message: str, since: str = STAMP) -> dict[str, str]:
-    return {"type": "Progressing", "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
+def progressing(status: str, reason: str, message: str, since: str = STAMP) -> dict[str, Any]:
+    return condition("Progressing", status, reason, message, since)
+
+
+def condition(kind: str, status: str, reason: str, message: str, since: str = STAMP) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": 1,
+    }
+
+
+def conditions(
+    phase: str,
+    message: str,
+    *,
+    degraded: tuple[str, str] | None = None,
+    failed: tuple[str, str] | None = None,
+    since: str = STAMP,
+) -> list[dict[str, Any]]:
+    """The five conditions of a generation in ``phase`` (all but Suspended and Complete follow
+    their arguments), every one transitioned at ``since``."""
+    active = phase in ("Processing", "Recovering")
+    return [
+        condition("Complete", "False", phase, "", since),
+        condition("Degraded", "True", *degraded, since)
+        if degraded
+        else condition("Degraded", "False", "AsExpected", "", since),
+        condition("Failed", "True", *failed, since) if failed else condition("Failed", "False", "NotFailed", "", since),
+        progressing("True" if active else "False", phase, message, since),
+        condition("Suspended", "False", "NotSuspended", "", since),
+    ]
 
 
 def crashed(name: str = "a", exit_code: int = 137, **row_changes: Any) -> GenerationView:
@@ -82,8 +113,8 @@ def recovery_start(name: str, reason: Reason, detail: str, attempt: int = 1) -> 
     return StartWorker(key(name), uid(name), uid(name), attempt, reason, detail, POSES, TOTAL)
 
 
-def warning(name: str, reason: Reason, detail: str, new_attempt: int = 2) -> Emit:
-    return Emit(
+def warning(name: str, reason: Reason, detail: str, new_attempt: int = 2) -> PostEvent:
+    return PostEvent(
         key(name),
         uid(name),
         "Warning",
@@ -107,7 +138,7 @@ def test_new_resource_is_registered_started_and_reported() -> None:
     message = "worker a-w1 starting"
     assert result.actions == [
         AddFinalizer(key("a")),
-        Register(key("a"), spec("a")),
+        RegisterRow(key("a"), spec("a")),
         StartWorker(key("a"), uid("a"), uid("a"), expected_attempt=0, reason=None, detail="", total=TOTAL),
         PatchStatus(
             key("a"),
@@ -122,10 +153,10 @@ def test_new_resource_is_registered_started_and_reported() -> None:
                 "recoveries": 0,
                 "message": message,
                 "observedGeneration": 1,
-                "conditions": [progressing("True", "Processing", message)],
+                "conditions": conditions("Processing", message),
             },
         ),
-        Emit(key("a"), uid("a"), "Normal", "Started", message),
+        PostEvent(key("a"), uid("a"), "Normal", "Started", message),
     ]
     assert of_type(result, StartWorker)[0].attempt == 1
     assert result.recoveries == []
@@ -136,7 +167,7 @@ def test_a_registered_resource_with_our_finalizer_is_not_registered_again() -> N
     result = run(queued("a"))
 
     assert of_type(result, AddFinalizer) == []
-    assert of_type(result, Register) == []
+    assert of_type(result, RegisterRow) == []
     assert [s.expected_attempt for s in of_type(result, StartWorker)] == [0]
 
 
@@ -169,11 +200,11 @@ def test_concurrency_limit_starts_by_priority_then_age_and_queues_the_rest() -> 
         assert of_type(result, StartWorker, name) == []
         assert patch_of(result, name)["phase"] == "Queued"
         assert patch_of(result, name)["message"] == message
-        assert of_type(result, Emit, name) == [Emit(key(name), uid(name), "Normal", "Queued", message)]
+        assert of_type(result, PostEvent, name) == [PostEvent(key(name), uid(name), "Normal", "Queued", message)]
     for name in started:
         assert patch_of(result, name)["phase"] == "Processing"
         assert patch_of(result, name)["workerPod"] == f"{name}-w1"
-        assert [e.reason for e in of_type(result, Emit, name)] == ["Started"]
+        assert [e.reason for e in of_type(result, PostEvent, name)] == ["Started"]
 
 
 def test_equal_priority_and_age_are_ordered_by_namespace_and_name() -> None:
@@ -234,7 +265,7 @@ def test_a_queued_generation_already_reported_queued_is_quiet() -> None:
 def test_a_healthy_worker_needs_nothing_once_the_status_matches() -> None:
     view = healthy("a")
     first = run(view)
-    assert [type(a) for a in first.actions] == [PatchStatus, Emit]
+    assert [type(a) for a in first.actions] == [PatchStatus, PostEvent]
     assert patch_of(first, "a")["phase"] == "Processing"
     assert patch_of(first, "a")["workerPod"] == "a-w1"
     assert patch_of(first, "a")["startedAt"] == stamp(ago(100, DB_NOW))
@@ -288,16 +319,7 @@ def test_crashed_worker_is_recovered_from_its_checkpoint() -> None:
                 "lastRecoveryReason": "Crashed",
                 "lastRecoveryTime": stamp(DB_NOW),
                 "message": message,
-                "conditions": [
-                    progressing("True", "Recovering", message),
-                    {
-                        "type": "Recovered",
-                        "status": "True",
-                        "reason": "Crashed",
-                        "message": detail,
-                        "lastTransitionTime": STAMP,
-                    },
-                ],
+                "conditions": conditions("Recovering", message, degraded=("Crashed", detail)),
             },
         ),
     ]
@@ -327,7 +349,8 @@ def test_transition_times_are_kept_while_a_condition_keeps_its_status() -> None:
     by_type = {c["type"]: c for c in conditions}
     assert by_type["Progressing"]["lastTransitionTime"] == STAMP  # still True: Processing -> Recovering
     assert by_type["Progressing"]["reason"] == "Recovering"
-    assert by_type["Recovered"]["lastTransitionTime"] == stamp(later)
+    assert by_type["Degraded"]["lastTransitionTime"] == stamp(later)  # False -> True
+    assert by_type["Complete"]["lastTransitionTime"] == STAMP  # still False
 
 
 def test_missing_pod_on_the_first_pass_is_an_orphan_of_the_restart() -> None:
@@ -338,7 +361,7 @@ def test_missing_pod_on_the_first_pass_is_an_orphan_of_the_restart() -> None:
     detail = "no worker pod for attempt 1 after an operator restart"
     (start,) = of_type(result, StartWorker)
     assert start == recovery_start("a", Reason.ORPHANED, detail)
-    assert of_type(result, Emit) == [warning("a", Reason.ORPHANED, detail)]
+    assert of_type(result, PostEvent) == [warning("a", Reason.ORPHANED, detail)]
     assert patch_of(result, "a")["lastRecoveryReason"] == "OrphanedAfterRestart"
 
 
@@ -349,7 +372,7 @@ def test_missing_pod_later_is_an_eviction() -> None:
 
     detail = "worker pod for attempt 1 is gone"
     assert of_type(result, StartWorker) == [recovery_start("a", Reason.EVICTED, detail)]
-    assert of_type(result, Emit) == [warning("a", Reason.EVICTED, detail)]
+    assert of_type(result, PostEvent) == [warning("a", Reason.EVICTED, detail)]
 
 
 def test_evicted_pod_is_an_eviction() -> None:
@@ -383,9 +406,11 @@ def test_worker_that_exited_cleanly_before_the_row_completed_is_replaced() -> No
     assert start.detail == "worker a-w1 was stopped (exit 0) before finishing"
 
 
-def failed(name: str, reason: str, cause: str) -> list[Action]:
-    """The actions that fail a generation for good: its row, its status, a Warning event."""
+def failed(name: str, reason: str, cause: str, kept_since: str = STAMP) -> list[Action]:
+    """The actions that fail a generation for good: its row, its status, a Warning event.
+    Conditions whose status does not change keep their transition time, ``kept_since``."""
     message = f"{reason}: {cause}"
+    kept = conditions("Failed", message, since=kept_since)
     return [
         SetRowStatus(key(name), uid(name), GenerationStatus.FAILED, message),
         PatchStatus(
@@ -395,32 +420,34 @@ def failed(name: str, reason: str, cause: str) -> list[Action]:
                 "workerPod": None,
                 "message": message,
                 "conditions": [
-                    {
-                        "type": "Failed",
-                        "status": "True",
-                        "reason": reason,
-                        "message": cause,
-                        "lastTransitionTime": STAMP,
-                    },
+                    kept[0],
+                    kept[1],
+                    condition("Failed", "True", reason, cause),
                     progressing("False", "Failed", message),
+                    kept[4],
                 ],
             },
         ),
-        Emit(key(name), uid(name), "Warning", "Failed", message),
+        PostEvent(key(name), uid(name), "Warning", "Failed", message),
     ]
 
 
 @pytest.mark.parametrize(
-    ("code", "meaning"),
-    [(4, "the generation's input was refused (bad prompt)"), (5, "the image API refused the request")],
+    ("code", "reason", "meaning"),
+    [
+        (2, "InvalidConfiguration", "the worker's configuration is invalid"),
+        (4, "BadInput", "the generation's input was refused (bad prompt)"),
+        (5, "UpstreamRefused", "the image API refused the request (check the API key and the prompt)"),
+        (8, "OutputNotWritable", "permission denied writing to the output volume (check its ownership)"),
+    ],
 )
-def test_permanent_exit_codes_fail_without_recovery(code: int, meaning: str) -> None:
+def test_permanent_exit_codes_fail_without_recovery(code: int, reason: str, meaning: str) -> None:
     view = crashed("a", exit_code=code)
 
     result = run(view)
 
     cause = f"worker a-w1 exited with code {code}: {meaning}"
-    assert result.actions == failed("a", "PermanentFailure", cause)
+    assert result.actions == failed("a", reason, cause)
     assert result.recoveries == []
 
 
@@ -431,12 +458,19 @@ def test_a_permanent_failure_frees_its_slot_in_the_same_pass() -> None:
 
 
 # ---- hang and stall -----------------------------------------------------------------------------
-HUNG_DETAIL = "worker a-w1 is running but sent no heartbeat for attempt 1 within 30s"
+HUNG_DETAIL = "worker a-w1 is running but sent no heartbeat for attempt 1 in 31s (limit 30s)"
 
 
-def silent(running_for: float, **changes: Any) -> GenerationView:
-    """A steady generation whose running worker has sent no heartbeat."""
-    return dataclasses.replace(steady("a"), pods=(pod("a", running_for=running_for),), heartbeat=None, **changes)
+def silent(running_for: float, seen_missing: float = 31, **changes: Any) -> GenerationView:
+    """A steady generation whose running worker has sent no heartbeat, missing for ``seen_missing``
+    seconds as the operator watched it."""
+    return dataclasses.replace(
+        steady("a"),
+        pods=(pod("a", running_for=running_for),),
+        heartbeat=None,
+        heartbeat_silent_for=seen_missing,
+        **changes,
+    )
 
 
 def test_running_worker_without_heartbeat_past_ttl_and_startup_grace_is_hung() -> None:
@@ -473,13 +507,26 @@ def test_a_worker_that_reported_in_gets_no_startup_grace_only_one_ttl() -> None:
     assert len(of_type(result, StartWorker)) == 1
 
 
-def test_a_worker_that_just_reported_in_has_one_ttl_to_heartbeat() -> None:
-    reported = dataclasses.replace(silent(running_for=40), row=row("a", worker_started_at=ago(10, DB_NOW)))
+def test_a_heartbeat_seen_missing_for_less_than_a_ttl_is_no_hang() -> None:
+    # Redis lost its data (FLUSHALL, a restart without persistence): the worker reported in long
+    # ago, but the operator has seen its heartbeat missing only for 10 s.
+    reported = dataclasses.replace(
+        silent(running_for=3000, seen_missing=10), row=row("a", worker_started_at=ago(2900, DB_NOW))
+    )
 
     result = run(reported)
 
     assert result.recoveries == []
-    assert result.retry_after == pytest.approx(20)  # 30 s TTL - 10 s since it reported in
+    assert of_type(result, StartWorker) == []
+    assert result.retry_after == pytest.approx(20)  # 30 s TTL - 10 s seen missing
+
+
+def test_a_heartbeat_nobody_watched_go_missing_is_no_hang() -> None:
+    never_seen = dataclasses.replace(
+        silent(running_for=3000, seen_missing=0), row=row("a", worker_started_at=ago(2900, DB_NOW))
+    )
+
+    assert run(never_seen).recoveries == []
 
 
 def test_no_hang_is_declared_while_heartbeats_are_untrustworthy() -> None:
@@ -498,11 +545,12 @@ def test_heartbeat_of_an_older_attempt_does_not_count() -> None:
         row=row("a", attempt=2),
         pods=(pod("a", attempt=2, running_for=91),),
         heartbeat=heartbeat(attempt=1),
+        heartbeat_silent_for=91,
     )
 
     result = run(view)
 
-    detail = "worker a-w2 is running but sent no heartbeat for attempt 2 within 30s"
+    detail = "worker a-w2 is running but sent no heartbeat for attempt 2 in 91s (limit 30s)"
     assert of_type(result, StartWorker) == [recovery_start("a", Reason.HUNG, detail, attempt=2)]
 
 
@@ -587,7 +635,8 @@ def test_deadline_exceeded_fails_the_generation_and_stops_its_worker() -> None:
     result = run(view)
 
     cause = f"not completed within 3600s ({POSES}/{TOTAL} poses recorded)"
-    assert result.actions == [DeletePod(key("a"), "a-w1", 0), *failed("a", "DeadlineExceeded", cause)]
+    kept = stamp(earlier)
+    assert result.actions == [DeletePod(key("a"), "a-w1", 0), *failed("a", "DeadlineExceeded", cause, kept)]
 
 
 def test_deadline_is_scheduled_when_it_comes_first() -> None:
@@ -613,7 +662,7 @@ def test_max_recoveries_reached_fails_instead_of_recovering() -> None:
     assert patch["recoveries"] == 3  # the row's count: nothing was recovered
     failed = next(c for c in patch["conditions"] if c["type"] == "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "MaxRecoveriesExceeded")
-    assert [(e.type, e.reason) for e in of_type(result, Emit)] == [("Warning", "Failed")]
+    assert [(e.type, e.reason) for e in of_type(result, PostEvent)] == [("Warning", "Failed")]
 
 
 def test_second_recovery_within_the_backoff_waits() -> None:
@@ -624,7 +673,7 @@ def test_second_recovery_within_the_backoff_waits() -> None:
     detail = "worker a-w1 exited with code 137"
     assert of_type(result, StartWorker) == []
     assert of_type(result, DeletePod) == []
-    assert of_type(result, Emit) == []
+    assert of_type(result, PostEvent) == []
     assert result.recoveries == [Recovery(uid("a"), key("a"), Reason.CRASHED, detail, POSES, TOTAL, "backoff")]
     assert result.retry_after == pytest.approx(6)  # base 10 s - 4 s already waited
     patch = patch_of(result, "a")
@@ -687,7 +736,7 @@ def test_suspend_stops_the_worker_gracefully_and_holds_its_slot() -> None:
     assert result.queued == [uid("q")]
     patch = patch_of(result, "a")
     assert (patch["phase"], patch["message"], patch.get("workerPod", "a-w1")) == ("Suspended", message, "a-w1")
-    assert of_type(result, Emit, "a") == [Emit(key("a"), uid("a"), "Normal", "Suspended", message)]
+    assert of_type(result, PostEvent, "a") == [PostEvent(key("a"), uid("a"), "Normal", "Suspended", message)]
     assert result.retry_after == 1
 
 
@@ -752,8 +801,8 @@ def test_resume_starts_a_worker_without_a_recovery_reason() -> None:
     assert (patch["phase"], patch["workerPod"], patch["attempt"]) == ("Processing", "a-w2", 2)
     assert "recoveries" not in patch
     suspended_condition = next(c for c in patch["conditions"] if c["type"] == "Suspended")
-    assert (suspended_condition["status"], suspended_condition["reason"]) == ("False", "Resumed")
-    assert of_type(result, Emit) == [Emit(key("a"), uid("a"), "Normal", "Started", message)]
+    assert (suspended_condition["status"], suspended_condition["reason"]) == ("False", "NotSuspended")
+    assert of_type(result, PostEvent) == [PostEvent(key("a"), uid("a"), "Normal", "Started", message)]
 
 
 def test_resume_waits_for_a_free_slot() -> None:
@@ -807,7 +856,7 @@ def test_deletion_with_no_worker_cancels_the_row_and_releases_the_resource() -> 
 
     assert result.actions == [
         SetRowStatus(key("a"), uid("a"), GenerationStatus.CANCELLED, "cancelled by deletion"),
-        Emit(
+        PostEvent(
             key("a"),
             uid("a"),
             "Normal",
@@ -864,14 +913,8 @@ def test_completed_row_reports_completed_and_starts_nothing() -> None:
     assert (patch["posesCompleted"], patch["progress"]) == (TOTAL, f"{TOTAL}/{TOTAL}")
     assert "workerPod" not in patch  # still a-w1
     complete = next(c for c in patch["conditions"] if c["type"] == "Complete")
-    assert complete == {
-        "type": "Complete",
-        "status": "True",
-        "reason": "AllPosesRecorded",
-        "message": message,
-        "lastTransitionTime": STAMP,
-    }
-    assert of_type(result, Emit) == [Emit(key("a"), uid("a"), "Normal", "Completed", message)]
+    assert complete == condition("Complete", "True", "AllPosesRecorded", message)
+    assert of_type(result, PostEvent) == [PostEvent(key("a"), uid("a"), "Normal", "Completed", message)]
     assert_quiet(settle(view))
 
 
@@ -938,7 +981,7 @@ def test_manual_check_recovers_a_silent_worker_without_the_startup_grace() -> No
     result = run(view)
 
     assert of_type(result, StartWorker) == [recovery_start("a", Reason.MANUAL, HUNG_DETAIL)]
-    assert of_type(result, Emit) == [warning("a", Reason.MANUAL, HUNG_DETAIL)]
+    assert of_type(result, PostEvent) == [warning("a", Reason.MANUAL, HUNG_DETAIL)]
     patch = patch_of(result, "a")
     assert (patch["lastRecoveryRequest"], patch["lastRecoveryReason"]) == ("check-1", "Manual")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from posegen_common.logs import configure_logging
 from posegen_common.exit_codes import ExitCode
+from posegen_common.logs import configure_logging
 from posegen_worker.run import run
 from posegen_worker.settings import SettingsError, WorkerSettings
 

@@ -41,8 +41,6 @@ log = logging.getLogger("posegen.worker")
 T = TypeVar("T")
 
 
-
-
 class Worker:
     def __init__(
         self, settings: WorkerSettings, engine: Engine, redis_client: redis.Redis, generator: Generator
