@@ -24,14 +24,16 @@ are undone (SIGCONT, quota removed), no more generations are submitted, and ever
 
 - every generation reached a final phase (its resource and its row);
 - 0 poses lost and 0 duplicated (``bench.ledger``, with the seed's duplicate query);
-- every recovery is attributed to an injected fault that could cause it, within ``WINDOW`` seconds
-  of the fault's end: a kill, stop, deletion or relabelling of that generation's worker (one
-  recovery each), an operator kill (one per generation: an attempt claimed just before the kill
-  has no pod), a Postgres outage. Redis data loss, an API server restart and a quota cause none.
-  Recoveries are read from the pose_generation rows (a poll every 0.5 s of recoveries,
-  last_recovery_reason, attempt_reason) and from the operator's recovery Events (one per attempt,
-  for those a poll did not see); the rows' final counters are the total. A recovery no fault
-  explains is a false recovery, reported by reason and by the fault that preceded it.
+- every recovery (a worker replaced by a new attempt, budgeted or not) is attributed to an
+  injected fault that could cause it, within ``WINDOW`` seconds of the fault's end: a kill, stop,
+  deletion or relabelling of that generation's worker (one recovery each, any reason), an
+  operator kill (one OrphanedAfterRestart per generation: an attempt claimed just before the kill
+  has no pod), a Postgres outage (any). Redis data loss, an API server restart and a quota cause
+  none (``FLEET_CAUSES``). Recoveries are read from the pose_generation rows (a poll every 0.5 s
+  of recoveries, transient_retries, last_recovery_reason, attempt_reason) and from the operator's
+  recovery Events (one per attempt, for those a poll did not see); the rows' final counters are
+  the total. A recovery no fault explains is a false recovery, reported by reason and by the
+  fault that preceded it.
 
 Time to recover is measured per fault and affected generation (the targeted one, or every
 generation processing at the time): the fault's start -> that generation's next recorded pose.
@@ -76,7 +78,7 @@ from bench.ledger import audit
 from posegen_common.schema import FINAL_STATUSES
 from posegen_devstack.processes import StackError, pid_alive, read_pid, running_pid, stop, wait_for
 from posegen_operator.builders import LABEL_ATTEMPT
-from posegen_operator.planning import FINAL_PHASES, Reason, worker_pod_name
+from posegen_operator.model import FINAL_PHASES, Reason, worker_pod_name
 
 NAME = "soak"
 POSE_SECONDS = 0.25
@@ -101,10 +103,22 @@ EARLY = 1.0  # Event times are whole seconds: one may read up to a second before
 TARGETED = ("worker_kill", "worker_zombie", "pod_delete", "garbage_label")
 SERVICES = ("operator_kill", "postgres_restart", "redis_restart", "redis_flushall", "apiserver_restart")
 FAULT_KINDS = (*TARGETED, *SERVICES, "pod_quota")
-# Faults that may cause a recovery of any generation (targeted ones cause one of their target's).
-FLEET_CAUSES = {"operator_kill": 1, "postgres_restart": None}  # recoveries per generation (None: any)
+# Faults that may cause a recovery of any generation: (the reasons it may give, how many per
+# generation; None: any). A targeted fault causes one recovery of its own generation, for any reason.
+# Redis data loss, an API server restart and a quota may cause none.
+FLEET_CAUSES: dict[str, tuple[frozenset[str] | None, int | None]] = {
+    # An attempt claimed just before the kill has no pod: the next operator finds it orphaned.
+    "operator_kill": (frozenset({Reason.ORPHANED}), 1),
+    # Workers that lose their database (issue 14 item 11 wants them kept, or at least not budgeted).
+    "postgres_restart": (None, None),
+}
 RECOVERY_REASONS = frozenset(str(r) for r in Reason)
 EVENT_ATTEMPT = re.compile(r"as attempt (\d+)\b")
+ROWS = (
+    "SELECT namespace || '/' || name, id, status, attempt, attempt_reason, recoveries, transient_retries, "
+    "last_recovery_reason, extract(epoch FROM last_recovery_at)::float8, error_message "
+    "FROM pose_generation WHERE namespace = ANY(%s)"
+)
 QUOTA = "soak-no-pods"
 
 
@@ -127,6 +141,7 @@ class Recovery:
     reason: str
     at: float | None
     source: str  # "row" (seen by the poll), "event", or "counter" (only the row's total shows it)
+    budgeted: bool | None = None  # spent the recovery budget (None: not known, from an Event)
     cause: int | None = None  # index into the fault log
     suspect: str | None = None  # for a false one: the kind of the last fault that preceded it
 
@@ -137,7 +152,8 @@ class Row:
     status: str
     attempt: int
     attempt_reason: str | None
-    recoveries: int
+    recoveries: int  # replacements that spent the recovery budget
+    transient_retries: int  # replacements for causes that are not the generation's fault
     last_recovery_reason: str | None
     last_recovery_at: float | None
     error_message: str | None
@@ -194,12 +210,7 @@ class RowWatch(threading.Thread):
                     conn = psycopg2.connect(self.bench.stack.database_url, connect_timeout=3)
                     conn.autocommit = True
                 with conn.cursor() as cur:
-                    cur.execute(
-                        "SELECT namespace || '/' || name, id, status, attempt, attempt_reason, recoveries, "
-                        "last_recovery_reason, extract(epoch FROM last_recovery_at)::float8, error_message "
-                        "FROM pose_generation WHERE namespace = ANY(%s)",
-                        (self.namespaces,),
-                    )
+                    cur.execute(ROWS, (self.namespaces,))
                     found = {key: Row(*values) for key, *values in cur.fetchall()}
                 self.polls += 1
             except psycopg2.Error:
@@ -214,12 +225,14 @@ class RowWatch(threading.Thread):
         with self.state.lock:
             for key, row in found.items():
                 seen = self.state.rows.get(key)
-                new = row.recoveries - (seen.recoveries if seen else 0)
-                if new > 0:
+                budgeted = row.recoveries - (seen.recoveries if seen else 0)
+                transient = row.transient_retries - (seen.transient_retries if seen else 0)
+                if budgeted + transient > 0:
                     # Only the newest recovery's reason and time are in the row; Events fill in the rest.
                     attempt = row.attempt if row.attempt_reason is not None else None
+                    reason = row.last_recovery_reason or "?"
                     self.state.recoveries.append(
-                        Recovery(key, attempt, row.last_recovery_reason or "?", row.last_recovery_at, "row")
+                        Recovery(key, attempt, reason, row.last_recovery_at, "row", budgeted=budgeted > 0)
                     )
             self.state.rows = found
 
@@ -564,7 +577,7 @@ def merge_recoveries(polled: list[Recovery], events: list[Recovery], rows: dict[
             if event.attempt not in attempts:
                 mine.append(event)
                 attempts.add(event.attempt)
-        counted = rows[key].recoveries if key in rows else len(mine)
+        counted = rows[key].recoveries + rows[key].transient_retries if key in rows else len(mine)
         unseen = [r for r in polled if r.key == key and r.attempt is None]
         while len(mine) < counted:
             mine.append(unseen.pop() if unseen else Recovery(key, None, "?", None, "counter"))
@@ -596,7 +609,9 @@ def attribute(recoveries: list[Recovery], faults: list[Fault]) -> None:
         for i, fault in enumerate(faults):
             if fault.kind not in FLEET_CAUSES or not within(fault):
                 continue
-            limit = FLEET_CAUSES[fault.kind]
+            reasons, limit = FLEET_CAUSES[fault.kind]
+            if reasons is not None and recovery.reason not in reasons:
+                continue
             count = used_fleet.get((i, recovery.key), 0)
             if limit is None or count < limit:
                 used_fleet[(i, recovery.key)] = count + 1
@@ -722,17 +737,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         load.join(30)
         rows.stopping.set()
         rows.join(10)
-        rows.record(
-            {
-                f"{ns}/{name}": Row(*values)
-                for ns, name, *values in bench.sql(
-                    "SELECT namespace, name, id, status, attempt, attempt_reason, recoveries, last_recovery_reason, "
-                    "extract(epoch FROM last_recovery_at)::float8, error_message "
-                    "FROM pose_generation WHERE namespace = ANY(%s)",
-                    namespaces,
-                )
-            }
-        )
+        rows.record({key: Row(*values) for key, *values in bench.sql(ROWS, namespaces)})
         figures = evaluate(bench, state, namespaces, nemesis, drained, report)
         figures["row_polls"] = {"ok": rows.polls, "failed": rows.failed_polls}
         figures["load_errors"] = load.errors
@@ -813,13 +818,14 @@ def evaluate(
     )
     reasons: dict[str, dict[str, int]] = {}
     for r in recoveries:
-        entry = reasons.setdefault(r.reason, {"total": 0, "attributed": 0, "false": 0})
+        entry = reasons.setdefault(r.reason, {"total": 0, "budgeted": 0, "attributed": 0, "false": 0})
         entry["total"] += 1
+        entry["budgeted"] += bool(r.budgeted)
         entry["attributed" if r.cause is not None else "false"] += 1
     print("\nrecoveries by reason")
     print_table(
-        ["reason", "total", "attributed", "false"],
-        [(reason, v["total"], v["attributed"], v["false"]) for reason, v in sorted(reasons.items())],
+        ["reason", "total", "budgeted", "attributed", "false"],
+        [(reason, *v.values()) for reason, v in sorted(reasons.items())],
     )
     false_by: dict[str, int] = {}
     for r in false:
