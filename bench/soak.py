@@ -33,7 +33,7 @@ are undone (SIGCONT, quota removed), no more generations are submitted, and ever
   of recoveries, transient_retries, last_recovery_reason, attempt_reason) and from the operator's
   recovery Events (one per attempt, for those a poll did not see); the rows' final counters are
   the total. A recovery no fault explains is a false recovery, reported by reason and by the
-  fault that preceded it.
+  faults that preceded it (on its generation, namespace or the fleet, within the window).
 
 Time to recover is measured per fault and affected generation (the targeted one, or every
 generation processing at the time): the fault's start -> that generation's next recorded pose.
@@ -143,7 +143,7 @@ class Recovery:
     source: str  # "row" (seen by the poll), "event", or "counter" (only the row's total shows it)
     budgeted: bool | None = None  # spent the recovery budget (None: not known, from an Event)
     cause: int | None = None  # index into the fault log
-    suspect: str | None = None  # for a false one: the kind of the last fault that preceded it
+    suspect: str | None = None  # for a false one: the kinds of fault on it or the fleet shortly before
 
 
 @dataclass
@@ -618,8 +618,8 @@ def attribute(recoveries: list[Recovery], faults: list[Fault]) -> None:
                 recovery.cause = i
                 break
         if recovery.cause is None:
-            before = [f for f in faults if f.start - EARLY <= at and f.affects(recovery.key)]
-            recovery.suspect = before[-1].kind if before and at - before[-1].end <= WINDOW else "none"
+            near = sorted({f.kind for f in faults if f.affects(recovery.key) and within(f)})
+            recovery.suspect = "+".join(near) or "none"
 
 
 def time_to_recover(
@@ -793,7 +793,7 @@ def evaluate(
             "injected": sum(1 for f in faults if f.kind == kind),
             "skipped_no_target": state.skipped.get(kind, 0),
             "recoveries_attributed": sum(1 for r in recoveries if r.cause is not None and faults[r.cause].kind == kind),
-            "false_recoveries_after": sum(1 for r in false if r.suspect == kind),
+            "false_recoveries_after": sum(1 for r in false if kind in (r.suspect or "").split("+")),
         }
         s = summary(ttr.get(kind, []))
         by_kind[kind] = {**figures, "ttr": s}
@@ -832,7 +832,7 @@ def evaluate(
         label = f"{r.reason} after {r.suspect or 'unknown time'}"
         false_by[label] = false_by.get(label, 0) + 1
     if false_by:
-        print("\nfalse recoveries (reason after the last fault that preceded it)")
+        print(f"\nfalse recoveries (reason, after the faults on that generation or the fleet within {WINDOW:g} s)")
         print_table(["false recovery", "count"], sorted(false_by.items(), key=lambda kv: -kv[1]))
     print("\noutcomes")
     print_table(["phase", "generations"], sorted(outcomes.items()))
