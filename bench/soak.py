@@ -76,7 +76,7 @@ from bench.common import (
 )
 from bench.ledger import audit
 from posegen_common.schema import FINAL_STATUSES
-from posegen_devstack.processes import StackError, pid_alive, read_pid, running_pid, stop, wait_for
+from posegen_devstack.processes import StackError, WaitTimeout, pid_alive, read_pid, running_pid, stop, wait_for
 from posegen_operator.builders import LABEL_ATTEMPT
 from posegen_operator.model import FINAL_PHASES, Reason, worker_pod_name
 
@@ -467,12 +467,18 @@ class Nemesis:
         return True
 
     def refused(self, namespace: str) -> bool:
-        """Does the API server refuse a pod now (a dry run)?"""
+        """Does the API server refuse a pod (a dry run) within a few seconds (its quota cache may lag)?"""
         pod = {"metadata": {"name": "soak-probe"}, "spec": {"containers": [{"name": "c", "image": "none"}]}}
-        try:
-            self.bench.core.create_namespaced_pod(namespace, pod, dry_run="All", _request_timeout=(5, 15))
-        except kubernetes.client.ApiException as error:
-            return bool(error.status == 403)
+
+        def probe() -> bool:
+            try:
+                self.bench.core.create_namespaced_pod(namespace, pod, dry_run="All", _request_timeout=(5, 15))
+            except kubernetes.client.ApiException as error:
+                return bool(error.status == 403)
+            return False
+
+        with contextlib.suppress(WaitTimeout):
+            return wait_for(probe, timeout=5, interval=0.5, what="a pod create to be refused")
         return False
 
     # ---- services --------------------------------------------------------------------------------
