@@ -97,6 +97,19 @@ class WorkerTemplate:
     pose_seconds: float = 0.6
     flux_url: str | None = None
     log_format: str = "text"
+    # How long a worker waits out an unreachable Postgres before exiting DEPENDENCY_UNAVAILABLE.
+    dependency_retry_seconds: float = 600
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Ceilings an admin sets on what a resource may ask for (admission refuses more where the
+    chart's ValidatingAdmissionPolicy is installed; the operator clamps in any case)."""
+
+    priority: int = 100
+    deadline: float = 604800
+    max_recoveries: int = 100
+    stall_timeout: float = 86400
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,8 @@ class Settings:
     admin_token: str
     namespaces: tuple[str, ...]
     max_concurrent: int
+    max_concurrent_per_namespace: int  # 0: no limit per namespace
+    limits: Limits
     sweep_interval: float
     status_interval: float
     heartbeat_ttl: float
@@ -140,6 +155,7 @@ class Settings:
         )
         namespaces = tuple(n.strip() for n in (env.optional("POSEGEN_NAMESPACES") or "").split(",") if n.strip())
         log_format = env.choice("POSEGEN_LOG_FORMAT", "text", ("text", "json"))
+        stall_timeout = env.number("POSEGEN_STALL_TIMEOUT_SECONDS", 600, minimum=10, maximum=86400)
         worker = WorkerTemplate(
             image=env.text("POSEGEN_WORKER_IMAGE", WorkerTemplate.image),
             command=tuple(env.json("POSEGEN_WORKER_COMMAND", list(WorkerTemplate.command), list)),
@@ -156,6 +172,9 @@ class Settings:
             pose_seconds=env.number("POSEGEN_POSE_SECONDS", 0.6, maximum=600),
             flux_url=env.optional("FLUX_API_URL"),
             log_format=log_format,
+            dependency_retry_seconds=env.number(
+                "POSEGEN_WORKER_DEPENDENCY_RETRY_SECONDS", stall_timeout, minimum=1, maximum=86400
+            ),
         )
         if worker.generator == "flux" and not worker.flux_url:
             raise SettingsError("FLUX_API_URL must be set when POSEGEN_GENERATOR=flux")
@@ -167,13 +186,22 @@ class Settings:
             admin_token=env.text("POSEGEN_ADMIN_TOKEN"),
             namespaces=namespaces,
             max_concurrent=env.integer("POSEGEN_MAX_CONCURRENT", 10, minimum=1, maximum=100000),
+            max_concurrent_per_namespace=env.integer("POSEGEN_MAX_CONCURRENT_PER_NAMESPACE", 0, maximum=100000),
+            limits=Limits(
+                priority=env.integer("POSEGEN_LIMIT_PRIORITY", Limits.priority, minimum=-100, maximum=100),
+                deadline=env.number("POSEGEN_LIMIT_DEADLINE_SECONDS", Limits.deadline, minimum=30, maximum=604800),
+                max_recoveries=env.integer("POSEGEN_LIMIT_MAX_RECOVERIES", Limits.max_recoveries, maximum=100),
+                stall_timeout=env.number(
+                    "POSEGEN_LIMIT_STALL_TIMEOUT_SECONDS", Limits.stall_timeout, minimum=10, maximum=86400
+                ),
+            ),
             sweep_interval=env.number("POSEGEN_SWEEP_INTERVAL_SECONDS", 10, minimum=0.5, maximum=3600),
             status_interval=env.number("POSEGEN_STATUS_INTERVAL_SECONDS", 2, minimum=0.2, maximum=600),
             heartbeat_ttl=heartbeat_ttl,
             heartbeat_interval=heartbeat_interval,
             worker_startup_grace=env.number("POSEGEN_WORKER_STARTUP_GRACE_SECONDS", 30, maximum=3600),
             worker_start_timeout=env.number("POSEGEN_WORKER_START_TIMEOUT_SECONDS", 300, minimum=10, maximum=86400),
-            stall_timeout=env.number("POSEGEN_STALL_TIMEOUT_SECONDS", 600, minimum=10, maximum=86400),
+            stall_timeout=stall_timeout,
             deadline=env.number("POSEGEN_DEADLINE_SECONDS", 7200, minimum=30, maximum=604800),
             max_recoveries=env.integer("POSEGEN_MAX_RECOVERIES", 5, maximum=100),
             backoff_base=env.number("POSEGEN_RECOVERY_BACKOFF_SECONDS", 2, maximum=3600),

@@ -188,3 +188,19 @@ def test_suspend_then_resume_completes_without_redoing_poses(cluster: Cluster, n
     assert recorded == 40, "every pose was computed and recorded exactly once"
     assert "RECOVERY MODE" in worker_log(cluster, namespace, final["workerPod"])
     assert suspended["generationId"] == final["generationId"]
+
+
+def test_kubectl_wait_for_the_complete_condition(cluster: Cluster, namespace: str) -> None:
+    create_generation(cluster, namespace, "waited", variationCount=20)
+
+    result = cluster.kubectl(
+        "-n", namespace, "wait", "--for=condition=Complete", "pgen/waited", "--timeout=90s", timeout=120
+    )
+
+    assert "condition met" in result.stdout
+    status = status_of(cluster, namespace, "waited")
+    assert status["phase"] == "Completed"
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert sorted(conditions) == ["Complete", "Degraded", "Failed", "Progressing", "Suspended"]
+    assert all(c["observedGeneration"] == 1 for c in conditions.values())
+    assert (conditions["Failed"]["status"], conditions["Progressing"]["status"]) == ("False", "False")

@@ -51,6 +51,19 @@ def test_worker_settings_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(WorkerSettingsError, match="POSEGEN_ATTEMPT must be a positive integer"):
         WorkerSettings.from_env()
     monkeypatch.setenv("POSEGEN_ATTEMPT", "2")
+    for name, value, message in (
+        ("DATABASE_URL", "mysql://u:secret@db/x", "DATABASE_URL must be a postgresql:// URL"),
+        ("DATABASE_URL", "not a url at all", "DATABASE_URL must be a postgresql:// URL"),
+        ("REDIS_URL", "http://r:6379", "REDIS_URL is not a Redis URL"),
+        ("POSEGEN_GENERATOR", "flux", "FLUX_API_URL and FLUX_API_KEY must be set"),
+    ):
+        with monkeypatch.context() as bad:
+            bad.setenv(name, value)
+            bad.setenv("FLUX_API_URL", "http://flux")
+            bad.delenv("FLUX_API_KEY", raising=False)
+            with pytest.raises(WorkerSettingsError, match=message) as raised:
+                WorkerSettings.from_env()
+            assert "secret" not in str(raised.value), "a password never reaches a log line"
     monkeypatch.setenv("POSEGEN_HEARTBEAT_TTL_SECONDS", "2")
     monkeypatch.setenv("POSEGEN_HEARTBEAT_INTERVAL_SECONDS", "3")
     with pytest.raises(WorkerSettingsError, match="below the heartbeat TTL"):
@@ -77,7 +90,22 @@ def test_worker_pod_is_owned_fenced_and_least_privileged() -> None:
     assert env["DATABASE_URL"] == BASE_ENV["DATABASE_URL"], "no worker Secret configured: dev mode values"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert (container["terminationMessagePath"], container["terminationMessagePolicy"]) == (
+        "/dev/termination-log",
+        "FallbackToLogsOnError",
+    ), "the worker's stated cause reaches the pod's status"
     assert spec["volumes"] == [{"name": "outputs", "persistentVolumeClaim": {"claimName": "outputs"}}]
+
+
+def test_workers_wait_out_an_unreachable_database_for_the_stall_timeout_unless_told_otherwise() -> None:
+    def retry(**env: str) -> float:
+        pod = build_worker_pod("ns", "demo", "uid-1", "gen-1", 1, settings(**env))
+        values = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        return float(values["POSEGEN_DEPENDENCY_RETRY_SECONDS"])
+
+    assert retry() == 600
+    assert retry(POSEGEN_STALL_TIMEOUT_SECONDS="120") == 120
+    assert retry(POSEGEN_STALL_TIMEOUT_SECONDS="120", POSEGEN_WORKER_DEPENDENCY_RETRY_SECONDS="45") == 45
 
 
 def test_worker_pod_takes_connection_urls_from_a_secret_when_configured() -> None:
