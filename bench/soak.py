@@ -444,13 +444,8 @@ class Nemesis:
 
     def pod_quota(self, fault: Fault) -> bool:
         namespace = self.rng.choice(self.namespaces)
-        core = self.bench.core
         quota = {"metadata": {"name": QUOTA}, "spec": {"hard": {"pods": "0"}}}
-        core.create_namespaced_resource_quota(namespace, quota, _request_timeout=(5, 15))
-        # Admission enforces a quota by its status, which the quota controller keeps; the stack runs
-        # none, so the soak writes it (a quota already at its limit).
-        full = {"status": {"hard": {"pods": "0"}, "used": {"pods": "0"}}}
-        core.patch_namespaced_resource_quota_status(QUOTA, namespace, full, _request_timeout=(5, 15))
+        self.bench.core.create_namespaced_resource_quota(namespace, quota, _request_timeout=(5, 15))
         held = self.rng.uniform(8, 20)
         fault.target, fault.end = namespace, fault.start + held
         fault.detail = f"ResourceQuota {QUOTA} pods: 0 for {held:.1f} s, pod creates refused: {self.refused(namespace)}"
@@ -467,7 +462,8 @@ class Nemesis:
         return True
 
     def refused(self, namespace: str) -> bool:
-        """Does the API server refuse a pod (a dry run) within a few seconds (its quota cache may lag)?"""
+        """Does the API server refuse a pod (a dry run) within a few seconds? Admission enforces a quota
+        once the quota controller has filled in its status."""
         pod = {"metadata": {"name": "soak-probe"}, "spec": {"containers": [{"name": "c", "image": "none"}]}}
 
         def probe() -> bool:
