@@ -72,7 +72,8 @@ class Worker:
         lost = files.repair(job.recorded)
         if lost:
             log.error(
-                "%d recorded poses have no files and cannot be repaired (output volume lost or wiped?): %s",
+                "%d recorded poses have no files and cannot be repaired (output volume lost, wiped, or an emptyDir"
+                " that did not outlive its pod): %s",
                 len(lost),
                 _some(lost),
             )
@@ -165,8 +166,9 @@ class Worker:
     def _ride_out_database_outage(self, operation: Callable[[], T]) -> T:
         """An outage is not the generation's fault: keep this worker's place and retry with backoff
         for up to the bound the operator sets (its stall timeout), then stop as
-        DEPENDENCY_UNAVAILABLE. Retrying is safe: a transaction either committed or did nothing,
-        and ``record_pose`` tells a pose this attempt already recorded."""
+        DEPENDENCY_UNAVAILABLE (at once if asked to stop meanwhile). Retrying is safe: a transaction
+        either committed or did nothing, and ``record_pose`` tells a pose this attempt already
+        recorded."""
         bound = self.settings.dependency_retry_seconds
         down_since: float | None = None
         delay = 0.2
@@ -184,7 +186,11 @@ class Worker:
                     raise faults.DependencyUnavailable(
                         f"Postgres unreachable for {now - down_since:.0f}s ({_first_line(error)})"
                     ) from error
-                time.sleep(min(delay, max(0.0, down_since + bound - now)))
+                if self.stop_requested.wait(min(delay, max(0.0, down_since + bound - now))):
+                    raise faults.DependencyUnavailable(
+                        f"asked to stop (SIGTERM) while Postgres was unreachable for "
+                        f"{time.monotonic() - down_since:.0f}s ({_first_line(error)})"
+                    ) from error
                 delay = min(delay * 2, 5.0)
             else:
                 if down_since is not None:
