@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine
 from posegen_common import checkpoint, keys
 from posegen_common.checkpoint import RecordedPose, Superseded
 from posegen_common.exit_codes import ExitCode
-from posegen_common.schema import Base
+from posegen_common.schema import Base, GenerationStatus
 from posegen_operator.observe import RowCache
 from tests.harness import SEED_DUPLICATE_QUERY, Cluster, sql
 from tests.integration.workers import finish, new_generation, next_attempt, start_worker, worker_env
@@ -61,6 +61,68 @@ def test_only_the_current_attempt_records_and_a_pose_counts_once(engine: Engine)
         ).all()
     assert (state.attempt, state.poses_completed, state.recoveries, state.last_recovery_reason) == (2, 2, 1, "Hung")
     assert [tuple(r) for r in rows] == [(0, 1), (1, 2)]
+
+
+def test_orphans_are_looked_for_only_in_the_namespaces_served(engine: Engine) -> None:
+    ours = new_generation(engine, namespace=f"ours-{uuid.uuid4().hex[:6]}")
+    theirs = new_generation(engine, namespace=f"theirs-{uuid.uuid4().hex[:6]}")
+    ours_namespace = checkpoint_namespace(engine, ours)
+
+    with engine.begin() as conn:
+        found = checkpoint.fetch_unfinished_ids(conn, [ours_namespace])
+        everywhere = checkpoint.fetch_unfinished_ids(conn)
+
+    assert ours in found and theirs not in found
+    assert {ours, theirs} <= everywhere
+
+
+def checkpoint_namespace(engine: Engine, generation_id: str) -> str:
+    with engine.begin() as conn:
+        return str(
+            conn.exec_driver_sql("SELECT namespace FROM pose_generation WHERE id = %s", (generation_id,)).scalar()
+        )
+
+
+def test_suspended_time_is_kept_apart_for_the_deadline(engine: Engine) -> None:
+    generation_id = new_generation(engine)
+    with engine.begin() as conn:
+        checkpoint.begin_attempt(conn, generation_id, 0, None)
+        checkpoint.set_status(conn, generation_id, GenerationStatus.SUSPENDED)
+        # Suspended an hour ago (as if overnight), then resumed now.
+        conn.exec_driver_sql(
+            "UPDATE pose_generation SET suspended_at = now() - interval '1 hour' WHERE id = %s", (generation_id,)
+        )
+        checkpoint.set_status(conn, generation_id, GenerationStatus.SUSPENDED)  # suspending again keeps the start
+    with engine.begin() as conn:
+        assert checkpoint.begin_attempt(conn, generation_id, 1, None) == 2
+        state = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+    assert state.suspended_seconds == pytest.approx(3600, abs=5)
+
+
+def test_a_refused_pod_is_recorded_for_its_attempt_only_until_the_pod_exists(engine: Engine) -> None:
+    generation_id = new_generation(engine)
+    with engine.begin() as conn:
+        checkpoint.begin_attempt(conn, generation_id, 0, "Crashed")
+        checkpoint.pod_refused(conn, generation_id, 1, "403 Forbidden: exceeded quota")
+        checkpoint.pod_refused(conn, generation_id, 1, "403 Forbidden: exceeded quota")
+        checkpoint.pod_refused(conn, generation_id, 2, "a later attempt's refusal is not this one's")
+        refused = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+        checkpoint.pod_created(conn, generation_id, 1)
+        checkpoint.pod_refused(conn, generation_id, 1, "too late: the pod exists")
+        created = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+    assert (refused.pod_refusals, refused.last_pod_error, refused.recoveries) == (2, "403 Forbidden: exceeded quota", 1)
+    assert created.worker_pod_created_at is not None and created.last_pod_error is None
+    assert created.pod_refusals == 2
+
+
+def test_a_transient_retry_spends_no_recovery(engine: Engine) -> None:
+    generation_id = new_generation(engine)
+    with engine.begin() as conn:
+        checkpoint.begin_attempt(conn, generation_id, 0, None)
+        checkpoint.begin_attempt(conn, generation_id, 1, "DependencyUnavailable", budgeted=False)
+        state = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+    assert (state.attempt, state.recoveries, state.transient_retries) == (2, 0, 1)
+    assert state.last_recovery_reason == "DependencyUnavailable"
 
 
 def test_the_last_pose_completes_the_generation_and_nothing_is_written_after(engine: Engine) -> None:

@@ -23,11 +23,11 @@ from tests.harness import Cluster
 NAMESPACE = "fencing"
 
 
-def new_generation(engine: Engine, total: int = 5, generation_id: str | None = None) -> str:
+def new_generation(engine: Engine, total: int = 5, generation_id: str | None = None, namespace: str = NAMESPACE) -> str:
     generation_id = generation_id or str(uuid.uuid4())
     spec = GenerationSpec(
         id=generation_id,
-        namespace=NAMESPACE,
+        namespace=namespace,
         name=f"g-{generation_id[:6]}",
         project_id="p",
         generation_type="TEXT_DESCRIPTION",

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import ssl
+from pathlib import Path
 
 import pytest
 
+from posegen_devstack.pki import ensure_pki
+from posegen_operator.api import generate_allowed, ssl_context
 from posegen_operator.builders import FINALIZER, build_event, build_worker_pod
 from posegen_operator.settings import Settings, SettingsError
 from posegen_worker.settings import SettingsError as WorkerSettingsError
@@ -42,6 +46,31 @@ def test_defaults_follow_the_seed_and_the_issue() -> None:
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         settings(**env)
+
+
+def test_credentials_are_read_from_the_files_named_by_the_file_variables(tmp_path: Path) -> None:
+    """How the chart passes them: a mounted Secret, nothing in the environment or the pod spec."""
+    for key, value in {
+        "database-url": "postgresql://f/db\n",
+        "redis-url": "redis://f/0",
+        "admin-token": "file",
+    }.items():
+        (tmp_path / key).write_text(value)
+    files = {
+        "DATABASE_URL_FILE": str(tmp_path / "database-url"),
+        "REDIS_URL_FILE": str(tmp_path / "redis-url"),
+        "POSEGEN_ADMIN_TOKEN_FILE": str(tmp_path / "admin-token"),
+        "FLUX_API_KEY_FILE": str(tmp_path / "flux-api-key"),  # an optional key the Secret lacks
+    }
+    s = Settings.from_env(files)
+    assert (s.database_url, s.redis_url, s.admin_token, s.flux_api_key) == (
+        "postgresql://f/db",
+        "redis://f/0",
+        "file",
+        None,
+    )
+    with pytest.raises(SettingsError, match="REDIS_URL must be set"):
+        Settings.from_env({**files, "REDIS_URL_FILE": str(tmp_path / "missing")})
 
 
 def test_worker_settings_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,3 +169,33 @@ def test_events_point_at_their_generation() -> None:
     }
     assert len(event["message"]) == 1024 and event["firstTimestamp"] == "2026-01-02T03:04:05Z"
     assert FINALIZER.startswith("posegen.io/")
+
+
+def test_the_admin_api_serves_tls_with_the_configured_certificate(tmp_path: Path) -> None:
+    pki = ensure_pki(tmp_path)
+    files = {"POSEGEN_API_TLS_CERT_FILE": str(pki.serving_cert), "POSEGEN_API_TLS_KEY_FILE": str(pki.serving_key)}
+    context = ssl_context(settings(**files))
+    assert context is not None and context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert ssl_context(settings()) is None
+    with pytest.raises(SettingsError, match="set both POSEGEN_API_TLS_CERT_FILE and POSEGEN_API_TLS_KEY_FILE"):
+        settings(POSEGEN_API_TLS_CERT_FILE=str(pki.serving_cert))
+
+
+@pytest.mark.parametrize(
+    ("patterns", "namespace", "allowed"),
+    [
+        ((), "default", True),
+        ((), "team-a", False),
+        (("team-*", "ops"), "team-a", True),
+        (("team-*", "ops"), "ops", True),
+        (("team-*", "ops"), "default", False),
+        (("team-*",), "kube-system", False),
+    ],
+)
+def test_generate_creates_only_in_the_allowlist(patterns: tuple[str, ...], namespace: str, allowed: bool) -> None:
+    assert (
+        generate_allowed(
+            settings(POSEGEN_GENERATE_NAMESPACES=",".join(patterns)).generate_namespaces, "default", namespace
+        )
+        is allowed
+    )

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from posegen_common import checkpoint
 from posegen_common.checkpoint import Checkpoint, PoseRecorded, RecordedPose, Superseded
-from posegen_common.database import create_db_engine
+from posegen_common.database import create_db_engine, is_connection_error
 from posegen_common.exit_codes import ExitCode
 from posegen_common.schema import pose_key, reference_for
 from posegen_worker import faults
@@ -176,7 +176,7 @@ class Worker:
             try:
                 result = operation()
             except (OperationalError, DBAPIError) as error:
-                if not _is_connection_error(error):
+                if not is_connection_error(error):
                     raise
                 now = time.monotonic()
                 if down_since is None:
@@ -211,10 +211,6 @@ def _some(indexes: list[int], limit: int = 20) -> str:
 def _first_line(error: DBAPIError) -> str:
     lines = str(error.orig).strip().splitlines()
     return lines[0] if lines else type(error.orig).__name__
-
-
-def _is_connection_error(error: DBAPIError) -> bool:
-    return bool(error.connection_invalidated) or isinstance(error, OperationalError)
 
 
 def run(settings: WorkerSettings) -> ExitCode:
