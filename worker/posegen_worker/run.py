@@ -153,15 +153,31 @@ class Worker:
 
         try:
             outcome = self._ride_out_database_outage(record)
-        except BaseException:
-            files.discard(index)  # not recorded, or superseded: what is published stays another's
+        except Superseded:
+            self._settle(job, files, index)
             raise
+        # Any other failure leaves the staged files: whether the row is ours is unknown (the next
+        # attempt's repair publishes them if it is, and drops them if not).
         if not outcome.ours:
             log.warning("pose %d was already recorded by another attempt: keeping its files", index)
             files.discard(index)
         elif not files.publish(index, job.attempt):
             log.error("pose %d is recorded but its staged files are gone: it has no files", index)
         return outcome
+
+    def _settle(self, job: Checkpoint, files: PoseFiles, index: int) -> None:
+        """Superseded while recording: the pose is still ours if an earlier try of the same record
+        committed (its reply lost in a connection failure) before the new attempt began."""
+        try:
+            with self.engine.begin() as conn:
+                recorder = checkpoint.pose_recorder(conn, job.spec.id, index)
+        except DBAPIError:
+            return  # unknown: the staged files wait for the next attempt's repair
+        if recorder == job.attempt:
+            log.info("pose %d was recorded by this attempt before it was superseded: publishing its files", index)
+            files.publish(index, job.attempt)
+        else:
+            files.discard(index)
 
     def _ride_out_database_outage(self, operation: Callable[[], T]) -> T:
         """An outage is not the generation's fault: keep this worker's place and retry with backoff
