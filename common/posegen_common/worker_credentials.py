@@ -81,6 +81,21 @@ def mint(
         {"generation": generation_id, "attempt": attempt, "verifier": scram_verifier(password)},
     ).scalar_one()
     _revoke_redis(client, generation_id)
+    user = _grant_redis(client, generation_id, attempt, password)
+    database = make_url(database_url).set(username=role, password=password)
+    return WorkerCredentials(
+        database_url=database.render_as_string(hide_password=False),
+        redis_url=_with_user(redis_url, user, password),
+    )
+
+
+def restore_redis(client: redis.Redis, generation_id: str, attempt: int, *, key: bytes) -> None:
+    """The attempt's Redis user again, with the same password, after Redis lost its ACL users (a
+    restart without persistence, a failover): its running worker's heartbeats go on."""
+    _grant_redis(client, generation_id, attempt, attempt_password(key, generation_id, attempt))
+
+
+def _grant_redis(client: redis.Redis, generation_id: str, attempt: int, password: str) -> str:
     user = redis_user(generation_id, attempt)
     # Redis is given the password's SHA-256 only, as Postgres its SCRAM verifier.
     client.acl_setuser(
@@ -92,11 +107,7 @@ def mint(
         commands=list(REDIS_COMMANDS),
         keys=[keys.heartbeat(generation_id, attempt)],
     )
-    database = make_url(database_url).set(username=role, password=password)
-    return WorkerCredentials(
-        database_url=database.render_as_string(hide_password=False),
-        redis_url=_with_user(redis_url, user, password),
-    )
+    return user
 
 
 def revoke(conn: Connection, client: redis.Redis, generation_id: str) -> None:

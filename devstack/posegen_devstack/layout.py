@@ -44,15 +44,20 @@ class StackConfig:
     ports: Ports
     admin_token: str
     bin_dir: str
+    # Redis's own password (its default user), and the key the operator mints workers' credentials with.
+    redis_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    worker_credential_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     @classmethod
     def load(cls, path: Path, bin_dir: str | None = None) -> StackConfig:
         raw = json.loads(path.read_text())
-        # Ports added since the file was written get fresh free ports.
+        # Ports and secrets added since the file was written are made afresh.
+        secrets_kept = {k: raw[k] for k in ("redis_password", "worker_credential_key") if k in raw}
         return cls(
             Ports(**{k: v for k, v in raw["ports"].items() if k in Ports.__dataclass_fields__}),
             raw["admin_token"],
             bin_dir or raw["bin_dir"],
+            **secrets_kept,
         )
 
     @classmethod
@@ -103,7 +108,7 @@ class Layout:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.config.ports.redis}/0"
+        return f"redis://:{self.config.redis_password}@127.0.0.1:{self.config.ports.redis}/0"
 
     @property
     def prometheus_url(self) -> str:
@@ -128,6 +133,7 @@ class Layout:
             "PROMETHEUS_URL": self.prometheus_url,
             "POSEGEN_API_URL": self.api_url,
             "POSEGEN_ADMIN_TOKEN": self.config.admin_token,
+            "POSEGEN_WORKER_CREDENTIAL_KEY": self.config.worker_credential_key,
             "POSEGEN_OUTPUT_DIR": str(self.output_dir),
             "PATH": os.pathsep.join([self.config.bin_dir, venv_bin, prometheus_bin_dir(), os.environ.get("PATH", "")]),
         }

@@ -16,6 +16,13 @@ import yaml
 from posegen_devstack.layout import DATABASE, DB_USER, REPO_ROOT, Layout, prometheus_bin_dir
 from posegen_devstack.processes import StackError, http_get, wait_until
 
+PG_HBA = """\
+host all +posegen_worker 127.0.0.1/32 scram-sha-256
+host all +posegen_worker ::1/128 scram-sha-256
+host all all 127.0.0.1/32 trust
+host all all ::1/128 trust
+"""
+
 
 def start_postgres(layout: Layout) -> None:
     data = layout.state_dir / "postgres"
@@ -32,6 +39,9 @@ def start_postgres(layout: Layout) -> None:
             user=user,
             group=user,
         )
+    # Workers log in with the password of their minted role, as in a cluster; the stack's own user
+    # (the operator's, the migrations') is trusted on loopback.
+    (data / "pg_hba.conf").write_text(PG_HBA)
     port = layout.config.ports.postgres
     layout.start(
         "postgres",
@@ -84,9 +94,12 @@ def start_redis(layout: Layout) -> None:
             "no",
             "--protected-mode",
             "no",
+            # Nobody without the password (workers have users of their own, one heartbeat key each).
+            "--requirepass",
+            layout.config.redis_password,
         ],
     )
-    client = redis.Redis(port=port, socket_timeout=2)
+    client = redis.Redis(port=port, password=layout.config.redis_password, socket_timeout=2)
     wait_until(lambda: bool(client.ping()), timeout=30, what="redis", log=layout.log("redis"))
 
 

@@ -57,6 +57,23 @@ class CreatePod:
 
 
 @dataclass(frozen=True)
+class RestoreWorkerAccess:
+    """Give a running worker its Redis user back (Redis lost its ACL users with its data)."""
+
+    key: tuple[str, str]
+    generation_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class RevokeCredentials:
+    """The generation is over: no worker of it may log in any more."""
+
+    key: tuple[str, str]
+    generation_id: str
+
+
+@dataclass(frozen=True)
 class DeletePod:
     key: tuple[str, str]
     pod: str
@@ -92,6 +109,8 @@ Action = (
     | RegisterRow
     | StartWorker
     | CreatePod
+    | RestoreWorkerAccess
+    | RevokeCredentials
     | DeletePod
     | SetRowStatus
     | PatchStatus

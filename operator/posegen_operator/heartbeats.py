@@ -30,6 +30,7 @@ class HeartbeatReading:
     silent_for: dict[str, float] = field(default_factory=dict)  # seconds seen missing, by generation id
     trustworthy: bool = False  # missing heartbeats may be taken for hangs
     reachable: bool = True
+    data_lost: bool = False  # the sentinel was gone: Redis lost its data (and its ACL users)
 
 
 class HeartbeatMonitor:
@@ -66,7 +67,7 @@ class HeartbeatMonitor:
         if not sentinel:
             log.warning("redis lost its data (the sentinel key is gone): hang detection starts afresh")
             self._forget()
-            return HeartbeatReading(_parse(attempts, values), trustworthy=False)
+            return HeartbeatReading(_parse(attempts, values), trustworthy=False, data_lost=True)
         if int(info.get("uptime_in_seconds", 0)) < self.ttl:
             self._forget()  # restarted: keys may be missing that the workers have not renewed yet
             return HeartbeatReading(_parse(attempts, values), trustworthy=False)

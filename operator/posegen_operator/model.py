@@ -145,6 +145,7 @@ class Snapshot:
     first_pass: bool  # the start-up sweep after the operator (re)started or became leader
     orphan_row_ids: frozenset[str] = frozenset()  # unfinished rows whose resource is gone
     redis_reachable: bool = True
+    redis_data_lost: bool = False  # this pass found Redis emptied (workers' Redis users are gone too)
     invalid: tuple[InvalidGeneration, ...] = ()  # generations the operator cannot read
     database_back_for: float | None = None  # seconds since the database came back from an outage
 

@@ -203,6 +203,7 @@ class Observer:
             db_now=mark.now,
             heartbeats_trustworthy=heartbeats.trustworthy,
             redis_reachable=heartbeats.reachable,
+            redis_data_lost=heartbeats.data_lost,
             first_pass=first_pass,
             orphan_row_ids=orphans,
             invalid=tuple(invalid),

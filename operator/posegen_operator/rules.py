@@ -23,10 +23,13 @@ from posegen_operator.actions import (
     Recovery,
     RegisterRow,
     RemoveFinalizer,
+    RestoreWorkerAccess,
+    RevokeCredentials,
     SetRowStatus,
     StartWorker,
 )
 from posegen_operator.model import (
+    FINAL_PHASES,
     Decision,
     GenerationView,
     Phase,
@@ -119,6 +122,8 @@ def _decide(view: GenerationView, snapshot: Snapshot, config: PlanConfig, result
                     )
                 )
 
+    if row.final and view.status.get("phase") not in FINAL_PHASES:
+        actions.append(RevokeCredentials(view.key, row.id))  # the generation is over: so is every login
     if row.status == GenerationStatus.COMPLETED:
         decision.phase, decision.message = Phase.COMPLETED, f"all {row.total_expected_poses} poses recorded"
         decision.worker_pod = current.name if current else None
@@ -195,6 +200,7 @@ def _cancel(view: GenerationView, actions: list[Action], result: Plan) -> None:
     row = view.row
     if row is not None and not row.final:
         actions.append(SetRowStatus(view.key, row.id, GenerationStatus.CANCELLED, "cancelled by deletion"))
+        actions.append(RevokeCredentials(view.key, row.id))
         done = f"{row.poses_completed}/{row.total_expected_poses}"
         actions.append(
             PostEvent(
@@ -216,6 +222,8 @@ def _check_worker(
     if not snapshot.redis_reachable:
         decision.degraded = ("RedisUnavailable", "Redis is unreachable: hang detection is paused")
     if current is not None and current.live:
+        if snapshot.redis_data_lost:
+            result.actions.append(RestoreWorkerAccess(view.key, row.id, row.attempt))
         _check_live_worker(decision, current, snapshot, config, result)
         return
     if current is None and row.worker_pod_created_at is None:
@@ -455,6 +463,7 @@ def _fail(decision: Decision, actions: list[Action], reason: str, message: str) 
     decision.holds_slot = False
     _stop_workers(view, actions)
     actions.append(SetRowStatus(view.key, row.id, GenerationStatus.FAILED, f"{reason}: {message}"))
+    actions.append(RevokeCredentials(view.key, row.id))
 
 
 def _admit(decisions: list[Decision], config: PlanConfig, result: Plan, stopping: list[str]) -> None:

@@ -174,6 +174,9 @@ class Settings:
     migrate_on_start: bool
     log_format: str
     flux_api_key: str | None
+    # Mints each worker attempt credentials of its own (posegen_common.worker_credentials); unset:
+    # workers get the pod template's (the worker Secret's, or the operator's own) credentials.
+    worker_credential_key: str | None
     worker: WorkerTemplate
 
     @classmethod
@@ -263,5 +266,6 @@ class Settings:
             migrate_on_start=env.flag("POSEGEN_MIGRATE_ON_START", True),
             log_format=log_format,
             flux_api_key=env.optional_secret("FLUX_API_KEY"),
+            worker_credential_key=env.optional_secret("POSEGEN_WORKER_CREDENTIAL_KEY"),
             worker=worker,
         )

@@ -200,6 +200,7 @@ def observe(
     first_pass: bool = False,
     orphans: frozenset[str] = frozenset(),
     redis_reachable: bool = True,
+    redis_data_lost: bool = False,
     invalid: tuple[InvalidGeneration, ...] = (),
 ) -> Snapshot:
     return Snapshot(
@@ -210,6 +211,7 @@ def observe(
         first_pass=first_pass,
         orphan_row_ids=orphans,
         redis_reachable=redis_reachable,
+        redis_data_lost=redis_data_lost,
         invalid=invalid,
     )
 

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from posegen_common.schema import GenerationStatus
-from posegen_operator.actions import CreatePod, DeletePod, PostEvent, SetRowStatus, StartWorker
+from posegen_operator.actions import (
+    CreatePod,
+    DeletePod,
+    PostEvent,
+    RestoreWorkerAccess,
+    RevokeCredentials,
+    SetRowStatus,
+    StartWorker,
+)
 from posegen_operator.model import InvalidGeneration, PodView, Reason
 from tests.unit.planning_fixtures import (
     DB_NOW,
@@ -228,3 +236,22 @@ def test_suspended_time_does_not_count_against_the_deadline() -> None:
     never_suspended = dataclasses.replace(resumed, suspended_seconds=0.0)
     (failed,) = of_type(run(dataclasses.replace(steady("a"), row=never_suspended)), SetRowStatus)
     assert failed.message is not None and failed.message.startswith("DeadlineExceeded")
+
+
+# ---- worker credentials -------------------------------------------------------------------------------
+def test_a_generation_that_completes_has_its_credentials_revoked_once() -> None:
+    done = row("a", status=GenerationStatus.COMPLETED, poses_completed=50, completed_at=ago(1, DB_NOW))
+    view = dataclasses.replace(steady("a"), row=done, pods=(pod("a", phase="Succeeded", exit_code=0),))
+
+    result = run(view)
+
+    assert of_type(result, RevokeCredentials) == [RevokeCredentials(key("a"), uid("a"))]
+    settled = dataclasses.replace(view, status=view.status | patch_of(result, "a"))
+    assert of_type(run(settled), RevokeCredentials) == []
+
+
+def test_redis_losing_its_data_gives_running_workers_their_users_back() -> None:
+    result = run(steady("a"), trustworthy=False, redis_data_lost=True)
+
+    assert of_type(result, RestoreWorkerAccess) == [RestoreWorkerAccess(key("a"), uid("a"), 1)]
+    assert of_type(run(steady("a")), RestoreWorkerAccess) == []

@@ -20,6 +20,7 @@ from posegen_operator.actions import (
     Recovery,
     RegisterRow,
     RemoveFinalizer,
+    RevokeCredentials,
     SetRowStatus,
     StartWorker,
 )
@@ -414,6 +415,7 @@ def failed(name: str, reason: str, cause: str, kept_since: str = STAMP) -> list[
     kept = conditions("Failed", message, since=kept_since)
     return [
         SetRowStatus(key(name), uid(name), GenerationStatus.FAILED, message),
+        RevokeCredentials(key(name), uid(name)),
         PatchStatus(
             key(name),
             {
@@ -902,6 +904,7 @@ def test_deletion_with_no_worker_cancels_the_row_and_releases_the_resource() -> 
 
     assert result.actions == [
         SetRowStatus(key("a"), uid("a"), GenerationStatus.CANCELLED, "cancelled by deletion"),
+        RevokeCredentials(key("a"), uid("a")),
         PostEvent(
             key("a"),
             uid("a"),

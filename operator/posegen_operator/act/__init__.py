@@ -17,6 +17,7 @@ import redis
 from kubernetes.client.exceptions import ApiException
 from sqlalchemy import Engine
 
+from posegen_operator.act.credentials import CredentialActions
 from posegen_operator.act.finalizers import FinalizerActions
 from posegen_operator.act.pods import PodActions
 from posegen_operator.act.queue_view import QueueView
@@ -32,6 +33,8 @@ from posegen_operator.actions import (
     PostEvent,
     RegisterRow,
     RemoveFinalizer,
+    RestoreWorkerAccess,
+    RevokeCredentials,
     SetRowStatus,
     StartWorker,
 )
@@ -65,7 +68,8 @@ class Actor:
         self.metrics = metrics
         self.queue_view = QueueView(redis_client)
         self.finalizers = FinalizerActions(api)
-        pods = PodActions(settings, api, engine, cache, self.queue_view)
+        credentials = CredentialActions(settings, engine, redis_client)
+        pods = PodActions(settings, api, engine, cache, self.queue_view, credentials)
         rows = RowActions(engine)
         status = StatusActions(api, settings.identity)
         self._may_act: Callable[[], bool] = lambda: True
@@ -76,6 +80,8 @@ class Actor:
             RegisterRow: rows.register,
             StartWorker: pods.start_worker,
             CreatePod: pods.create,
+            RestoreWorkerAccess: credentials.restore,
+            RevokeCredentials: credentials.revoke,
             DeletePod: pods.delete,
             SetRowStatus: rows.set_status,
             PatchStatus: status.patch,

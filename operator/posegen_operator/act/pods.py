@@ -10,6 +10,7 @@ from kubernetes.client.exceptions import ApiException
 from sqlalchemy import Engine
 
 from posegen_common import checkpoint
+from posegen_operator.act.credentials import CredentialActions
 from posegen_operator.act.queue_view import QueueView
 from posegen_operator.actions import CreatePod, DeletePod, StartWorker
 from posegen_operator.builders import build_worker_pod
@@ -29,8 +30,10 @@ class PodActions:
         engine: Engine,
         cache: ObjectCache,
         queue_view: QueueView,
+        credentials: CredentialActions,
     ) -> None:
         self.settings = settings
+        self.credentials = credentials
         self.core = kubernetes.client.CoreV1Api(api)
         self.engine = engine
         self.cache = cache
@@ -77,7 +80,11 @@ class PodActions:
         """Create the attempt's pod and record that it exists; a refusal is recorded instead (the
         rules retry it under the same attempt, with backoff) and raised for the pass to count."""
         namespace, name = action.key
-        pod = build_worker_pod(namespace, name, action.uid, action.generation_id, action.attempt, self.settings)
+        with self.engine.begin() as conn:
+            credentials = self.credentials.mint(conn, action.generation_id, action.attempt)
+        pod = build_worker_pod(
+            namespace, name, action.uid, action.generation_id, action.attempt, self.settings, credentials=credentials
+        )
         try:
             response = self.core.create_namespaced_pod(
                 namespace, pod, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
