@@ -37,7 +37,8 @@ TEST_OPERATOR_ENV = {
     "POSEGEN_STATUS_INTERVAL_SECONDS": "0.5",
     "POSEGEN_HEARTBEAT_TTL_SECONDS": "4",
     "POSEGEN_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-    "POSEGEN_WORKER_STARTUP_GRACE_SECONDS": "6",
+    # A worker has this long to report in before it counts as hung: Python starts slowly on a loaded machine.
+    "POSEGEN_WORKER_STARTUP_GRACE_SECONDS": "20",
     "POSEGEN_RECOVERY_BACKOFF_SECONDS": "0.5",
     "POSEGEN_MAX_CONCURRENT": "20",
     "POSEGEN_WORKER_GRACE_SECONDS": "10",
