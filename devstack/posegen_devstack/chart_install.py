@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from posegen_devstack.layout import REPO_ROOT, Layout
+from posegen_devstack.processes import StackError
 
 CHART = REPO_ROOT / "charts" / "posegen-operator"
 LOCAL_VALUES = REPO_ROOT / "deploy" / "local" / "values.yaml"
@@ -103,9 +104,11 @@ def helm(layout: Layout, *args: str) -> str:
         [layout.binary("helm"), f"--kubeconfig={layout.kubeconfig}", "--namespace", RELEASE_NAMESPACE, *args],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         env=layout.environment(),
     )
+    if result.returncode != 0:
+        raise StackError(f"helm {' '.join(args[:2])} failed: {result.stderr.strip()}")
     return result.stdout
 
 
