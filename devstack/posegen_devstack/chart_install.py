@@ -5,6 +5,7 @@ operator process steps aside (one operator acts at a time)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -95,7 +96,7 @@ def install(
             "--timeout=300s",
         ],
         check=True,
-        env=layout.environment(),
+        env={**os.environ, **layout.environment()},
     )
 
 
@@ -105,7 +106,7 @@ def helm(layout: Layout, *args: str) -> str:
         capture_output=True,
         text=True,
         check=False,
-        env=layout.environment(),
+        env={**os.environ, **layout.environment()},
     )
     if result.returncode != 0:
         raise StackError(f"helm {' '.join(args[:2])} failed: {result.stderr.strip()}")
