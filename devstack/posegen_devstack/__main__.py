@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"\nkube-apiserver  {stack.apiserver_url}\npostgres        {stack.database_url}\n"
                     f"redis           {stack.redis_url}\nprometheus      {stack.prometheus_url}\n"
+                    f"registry        http://{stack.registry_host}  (make images pushes here)\n"
                     f"admin API       {stack.api_url}\nenv file        {stack.env_file}"
                 )
     except StackError as error:

@@ -5,6 +5,7 @@ operator process steps aside (one operator acts at a time)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from posegen_devstack.layout import REPO_ROOT, Layout
+from posegen_devstack.processes import StackError
 
 CHART = REPO_ROOT / "charts" / "posegen-operator"
 LOCAL_VALUES = REPO_ROOT / "deploy" / "local" / "values.yaml"
@@ -94,7 +96,7 @@ def install(
             "--timeout=300s",
         ],
         check=True,
-        env=layout.environment(),
+        env={**os.environ, **layout.environment()},
     )
 
 
@@ -103,9 +105,11 @@ def helm(layout: Layout, *args: str) -> str:
         [layout.binary("helm"), f"--kubeconfig={layout.kubeconfig}", "--namespace", RELEASE_NAMESPACE, *args],
         capture_output=True,
         text=True,
-        check=True,
-        env=layout.environment(),
+        check=False,
+        env={**os.environ, **layout.environment()},
     )
+    if result.returncode != 0:
+        raise StackError(f"helm {' '.join(args[:2])} failed: {result.stderr.strip()}")
     return result.stdout
 
 

@@ -138,16 +138,16 @@ def ensure_base_image() -> str:
 
 
 # ---- the project's images ------------------------------------------------------------------------
-def content_tag() -> str:
+def content_tag(root: Path = REPO_ROOT) -> str:
     """A hash of everything the Dockerfile reads (and the base's version)."""
     digest = hashlib.sha256(BASE_VERSION.encode())
     for top in BUILD_INPUTS:
-        path = REPO_ROOT / top
+        path = root / top
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
             if "__pycache__" in file.parts or file.suffix == ".pyc" or ".egg-info" in str(file):
                 continue
-            digest.update(str(file.relative_to(REPO_ROOT)).encode() + b"\0" + file.read_bytes())
+            digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:12]
 
 
