@@ -6,10 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STATE ?= .local
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := postgresql redis-server prometheus
+DEBIAN_PACKAGES := postgresql redis-server prometheus containerd runc containernetworking-plugins buildah debootstrap gcc libc6-dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps binaries up down status demo test test-unit test-integration test-e2e \
+.PHONY: help venv system-deps binaries up down status images demo test test-unit test-integration test-e2e \
         lint typecheck format bench bench-full soak clean
 
 help: ## list the targets
@@ -22,24 +22,27 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-system-deps: ## Debian packages the local stack needs (Postgres, Redis, Prometheus + promtool)
+system-deps: ## Debian packages the local stack needs (Postgres, Redis, Prometheus, containerd, runc, CNI, buildah, debootstrap)
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-binaries: ## build kube-apiserver, kube-controller-manager, kubectl, etcd, helm (cached in ~/.cache/posegen)
+binaries: ## build the control plane, kubelet, kubectl, etcd, helm and the registry (cached in ~/.cache/posegen)
 	@bash devstack/build-binaries.sh >/dev/null
 
-up: venv system-deps binaries ## start the local stack in the background (idempotent)
+up: venv system-deps binaries ## start the local stack in the background (idempotent): a kubelet node where containers can run
 	@$(PY) -m posegen_devstack up --state-dir $(STATE)
 
-down: ## stop every process `make up` started
+down: ## stop every process `make up` started, its containers, and unmount what kubelet mounted
 	@[ -x $(PY) ] && $(PY) -m posegen_devstack down --state-dir $(STATE) || true
 
 status: venv ## what is running, and where
 	@$(PY) -m posegen_devstack status --state-dir $(STATE)
+
+images: up ## build the operator and worker images with buildah and push them to the stack's registry
+	@$(PY) -m posegen_devstack images --state-dir $(STATE)
 
 demo: up ## the whole system locally: submit a generation, watch it complete, show the images
 	@$(PY) -m posegen_devstack.demo --state-dir $(STATE)

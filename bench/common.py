@@ -38,6 +38,8 @@ import kubernetes
 import psycopg2
 from prometheus_client.parser import text_string_to_metric_families
 
+from posegen_devstack import images, kubelet_node
+from posegen_devstack.operator_process import kubelet_node_environment, worker_secret
 from posegen_devstack.processes import StackError, wait_for
 from posegen_devstack.stack import Stack
 from posegen_operator.settings import Settings
@@ -293,13 +295,15 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 class BenchStack:
     """A local stack of its own, torn down in every case (see the module docstring)."""
 
-    def __init__(self, name: str, operator_env: dict[str, str], *, keep: bool = False) -> None:
+    def __init__(self, name: str, operator_env: dict[str, str], *, keep: bool = False, real_node: bool = False) -> None:
         self.name = name
         self.operator_env = dict(operator_env)
         self.keep = keep
+        # The process node by default (hundreds of pods); the kubelet node with containers on request.
+        self.real_node = real_node
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"posegen-bench-{name}-"))
         self.state_dir.chmod(0o755)
-        self.stack = Stack(self.state_dir, operator_env=self.operator_env)
+        self.stack = Stack(self.state_dir, operator_env=self.operator_env, kubelet=real_node)
         self.up_seconds = 0.0
         self._api: kubernetes.client.ApiClient | None = None
 
@@ -321,13 +325,28 @@ class BenchStack:
                 print(f"stack did not start ({str(error).splitlines()[0]}); retrying with new ports", flush=True)
                 self.state_dir = Path(tempfile.mkdtemp(prefix=f"posegen-bench-{self.name}-"))
                 self.state_dir.chmod(0o755)
-                self.stack = Stack(self.state_dir, operator_env=self.operator_env)
+                self.stack = Stack(self.state_dir, operator_env=self.operator_env, kubelet=self.real_node)
             except BaseException:
                 self.teardown()
                 raise
         self.up_seconds = time.monotonic() - started
         print(f"stack up in {self.up_seconds:.1f} s", flush=True)
+        if self.real_node:
+            try:
+                self.use_kubelet_node()
+            except BaseException:
+                self.teardown()
+                raise
         return self
+
+    def use_kubelet_node(self) -> None:
+        """Workers in containers on the kubelet node, from the image built from the Dockerfile."""
+        started = time.monotonic()
+        worker_image = images.build_images(self.stack)["worker"]
+        print(f"images built and pushed in {time.monotonic() - started:.1f} s", flush=True)
+        self.stack.operator_env = {**self.operator_env, **kubelet_node_environment(self.stack, worker_image)}
+        self.stack.stop_operator()
+        self.stack.start_operator()
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
@@ -416,6 +435,8 @@ class BenchStack:
             timeout=60,
             what=f"the default service account of {name}",
         )
+        if self.real_node:
+            self.core.create_namespaced_secret(name, worker_secret(self.stack))
         return name
 
     def delete_namespace(self, namespace: str, *, timeout: float = 120) -> None:
@@ -432,6 +453,13 @@ class BenchStack:
         wait_for(gone, timeout=timeout, interval=0.5, what=f"namespace {namespace} to be deleted")
 
     def pod_pid(self, namespace: str, pod: str, timeout: float = 30) -> int:
+        if self.real_node:
+            return wait_for(
+                lambda: kubelet_node.main_pid(self.stack, self.core, namespace, pod),
+                timeout=timeout,
+                interval=0.02,
+                what=f"the main process of {pod}",
+            )
         pid_file = self.state_dir / "node" / namespace / f"{pod}.pid"
 
         def owned_pid() -> int | None:

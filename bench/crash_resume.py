@@ -148,13 +148,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = parser(NAME, __doc__)
     p.add_argument("--runs", type=int, help="kills to time (quick 10, full 30)")
     p.add_argument("--seed", type=int, default=20251014, help="random seed for the kill points")
+    p.add_argument("--real-node", action="store_true", help="workers in containers on the kubelet node")
     args = p.parse_args(argv)
     runs = args.runs or (10 if args.mode == "quick" else 30)
-    report = Report(NAME, args.mode, command_line(NAME, argv))
-    report.settings = {"runs": runs, "poses": POSES, "seed": args.seed, "operator_env": OPERATOR_ENV}
+    report = Report(NAME + ("_real_node" if args.real_node else ""), args.mode, command_line(NAME, argv))
+    report.settings = {
+        "runs": runs,
+        "poses": POSES,
+        "seed": args.seed,
+        "operator_env": OPERATOR_ENV,
+        "node": "kubelet" if args.real_node else "process",
+    }
     rng = random.Random(args.seed)
     results: list[dict[str, Any]] = []
-    with BenchStack(NAME, OPERATOR_ENV, keep=args.keep) as bench:
+    with BenchStack(NAME, OPERATOR_ENV, keep=args.keep, real_node=args.real_node) as bench:
         namespace = bench.namespace("crash")
         pods = Recorder(bench.core.list_namespaced_pod, namespace, budget=runs * 120 + 300)
         gens = Recorder(

@@ -76,7 +76,7 @@ from bench.common import (
 )
 from bench.ledger import audit
 from posegen_common.schema import FINAL_STATUSES
-from posegen_devstack.processes import StackError, WaitTimeout, pid_alive, read_pid, running_pid, stop, wait_for
+from posegen_devstack.processes import StackError, WaitTimeout, pid_alive, read_pid, running_pid, wait_for
 from posegen_operator.builders import LABEL_ATTEMPT
 from posegen_operator.model import FINAL_PHASES, Reason, worker_pod_name
 
@@ -371,8 +371,8 @@ class Nemesis:
         stack = self.bench.stack
         if running_pid(stack.run_dir / "node.pid") is None:
             self.node_restarts += 1
-            self.log("node runner not running (it exits when the API server goes away): starting it again")
-            stack._start_node()
+            self.log("node runner not running: starting it again (it adopts the running pod processes)")
+            stack.start_process_node()
 
     def undo_due(self, now: float) -> None:
         for item in [u for u in self.undo if u[0] <= now]:
@@ -534,12 +534,8 @@ class Nemesis:
         return True
 
     def apiserver_restart(self, fault: Fault) -> bool:
-        stack = self.bench.stack
-        stop(stack.run_dir / "kube-apiserver.pid")
         down = self.rng.uniform(1, 3)
-        time.sleep(down)
-        # Stack.restart knows Postgres and Redis only; the API server starts (and waits) the same way `up` does.
-        stack._start_apiserver()
+        self.bench.stack.restart("kube-apiserver", down_seconds=down)
         fault.end = time.time()
         fault.detail = f"down {down:.1f} s, ready again after {fault.end - fault.start:.1f} s"
         return True

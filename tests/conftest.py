@@ -15,9 +15,12 @@ from pathlib import Path
 import kubernetes
 import pytest
 
+from posegen_devstack import images, kubelet_node
+from posegen_devstack.layout import Layout, StackConfig
+from posegen_devstack.operator_process import kubelet_node_environment
 from posegen_devstack.processes import wait_for
-from posegen_devstack.stack import Stack
-from tests.harness import Cluster, unique_name
+from posegen_devstack.stack import Stack, build_binaries
+from tests.harness import Cluster, create_worker_secret, unique_name
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -46,7 +49,8 @@ TEST_OPERATOR_ENV = {
 def cluster() -> Iterator[Cluster]:
     reuse = os.environ.get("POSEGEN_TEST_STATE_DIR")
     state_dir = Path(reuse) if reuse else Path(tempfile.mkdtemp(prefix="posegen-test-"))
-    stack = Stack(state_dir, operator_env=TEST_OPERATOR_ENV)
+    # The existing tiers run on the process node; tests/e2e/test_real_node.py has the kubelet node.
+    stack = Stack(state_dir, operator_env=TEST_OPERATOR_ENV, kubelet=False)
     try:
         stack.up()
         api = kubernetes.config.new_client_from_config(config_file=str(stack.kubeconfig))
@@ -58,8 +62,49 @@ def cluster() -> Iterator[Cluster]:
                 shutil.rmtree(state_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def real_cluster() -> Iterator[Cluster]:
+    """A second stack with the kubelet node (containerd, runc), its workers in real containers.
+    Skipped, naming what is missing, where containers cannot run or another kubelet runs."""
+    state_dir = Path(tempfile.mkdtemp(prefix="posegen-real-"))
+    probe = Layout(state_dir)
+    probe._config = StackConfig.load_or_create(probe.config_file, build_binaries())
+    missing = kubelet_node.missing(probe)
+    if missing:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        pytest.skip("REAL NODE TESTS SKIPPED: " + "; ".join(missing))
+    stack = Stack(state_dir, operator_env=TEST_OPERATOR_ENV, kubelet=True)
+    try:
+        stack.up()
+        worker_image = images.build_images(stack)["worker"]
+        stack.operator_env = {**TEST_OPERATOR_ENV, **kubelet_node_environment(stack, worker_image)}
+        stack.stop_operator()
+        stack.start_operator()
+        api = kubernetes.config.new_client_from_config(config_file=str(stack.kubeconfig))
+        yield Cluster(stack, api)
+    finally:
+        stack.down()
+        # `make down` leaves nothing of the kubelet node behind: no mount, no container, no shim.
+        assert kubelet_node.mounts(stack) == [], "kubelet's mounts outlived `down`"
+        assert kubelet_node.shims(stack) == [], "container shims outlived `down`"
+        if not os.environ.get("POSEGEN_KEEP_STATE"):
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def real_namespace(real_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace on the real-node stack with the worker Secret (none for tests marked no_worker_secret)."""
+    yield from fresh_namespace(
+        real_cluster, request, secret=request.node.get_closest_marker("no_worker_secret") is None
+    )
+
+
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from fresh_namespace(cluster, request, secret=False)
+
+
+def fresh_namespace(cluster: Cluster, request: pytest.FixtureRequest, *, secret: bool) -> Iterator[str]:
     name = unique_name("t")
     cluster.core.create_namespace({"metadata": {"name": name}})
     # Pods are refused until the service-account controller has made the namespace's default account.
@@ -68,6 +113,8 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
         timeout=30,
         what="the default service account",
     )
+    if secret:
+        create_worker_secret(cluster, name)
     yield name
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
@@ -83,7 +130,7 @@ def print_diagnostics(cluster: Cluster, namespace: str) -> None:
     for log in sorted((cluster.stack.state_dir / "node" / namespace).glob("*.log")):
         print(f"----- {log.name} (last 60 lines) -----")
         print("\n".join(log.read_text(errors="replace").splitlines()[-60:]))
-    for component in ("operator", "node"):
+    for component in ("operator", "node", "kubelet"):
         log = cluster.stack.log(component)
         if log.exists():
             print(f"----- {component}.log (last 60 lines) -----")

@@ -14,6 +14,8 @@ import kubernetes
 import psycopg2
 import requests
 
+from posegen_devstack import kubelet_node
+from posegen_devstack.operator_process import worker_secret
 from posegen_devstack.processes import wait_for
 from posegen_devstack.stack import Stack
 
@@ -62,6 +64,15 @@ class Cluster:
     def node_file(self, namespace: str, pod: str, suffix: str) -> Path:
         return self.stack.state_dir / "node" / namespace / f"{pod}.{suffix}"
 
+    def container_pid(self, namespace: str, pod: str, timeout: float = 60) -> int:
+        """The host PID of a pod's first container's main process on the kubelet node."""
+
+        return wait_for(
+            lambda: kubelet_node.main_pid(self.stack, self.core, namespace, pod),
+            timeout=timeout,
+            what=f"the main process of {namespace}/{pod}",
+        )
+
     def pod_pid(self, namespace: str, pod: str, timeout: float = 30) -> int:
         pid_file = self.node_file(namespace, pod, "pid")
         return wait_for(
@@ -69,6 +80,10 @@ class Cluster:
             timeout=timeout,
             what=f"pid file of {namespace}/{pod}",
         )
+
+
+def create_worker_secret(cluster: Cluster, namespace: str) -> None:
+    cluster.core.create_namespaced_secret(namespace, worker_secret(cluster.stack))
 
 
 def unique_name(prefix: str) -> str:

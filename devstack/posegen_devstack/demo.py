@@ -1,5 +1,7 @@
-"""``make demo``: submit examples/posegeneration.yaml to the local stack, show it progress live to
-Completed, and say where the images are and what to try next."""
+"""``make demo``: install the operator with its Helm chart on the kubelet node (images built from the
+Dockerfile, pushed to the stack's registry), submit examples/posegeneration.yaml, show it progress
+live to Completed, and say where the images are and what to try next. Where containers cannot run
+it says so and uses the stack's operator process and the process node instead."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import kubernetes
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from posegen_devstack.stack import REPO_ROOT, Stack
+from posegen_devstack import chart_install, images, kubelet_node
+from posegen_devstack.layout import REPO_ROOT
+from posegen_devstack.stack import Stack
 from posegen_worker.run import output_directory
 
 GROUP, VERSION, PLURAL = "posegen.io", "v1", "posegenerations"
@@ -31,8 +35,25 @@ def progress_line(elapsed: float, status: dict[str, Any]) -> str:
     )
 
 
+def install_operator(stack: Stack) -> dict[str, str]:
+    """The chart on the kubelet node; empty when there is none (the stack's operator process acts)."""
+    if not kubelet_node.kubelet_running(stack):
+        print(
+            "\n*** No kubelet node in this stack (`make up` said why): the operator runs as a local process"
+            "\n*** and the worker on the process node, not in containers.\n",
+            file=sys.stderr,
+        )
+        return {}
+    print("Building the operator and worker images from the Dockerfile (buildah; cached when unchanged)...")
+    built = images.build_images(stack)
+    print(f"Installing the chart: helm upgrade --install {chart_install.RELEASE} -n {chart_install.RELEASE_NAMESPACE}")
+    chart_install.install(stack, built, stop_local_operator=stack.stop_operator)
+    return built
+
+
 def run(state_dir: Path, timeout: float) -> int:
     stack = Stack(state_dir)
+    built = install_operator(stack)
     api = kubernetes.config.new_client_from_config(config_file=str(stack.kubeconfig))
     custom = kubernetes.client.CustomObjectsApi(api)
     manifest = yaml.safe_load(EXAMPLE.read_text())
@@ -54,7 +75,10 @@ def run(state_dir: Path, timeout: float) -> int:
         f'"{spec["textPrompt"]}"  (kubectl apply -f {EXAMPLE.relative_to(REPO_ROOT)})'
     )
     print("Watching it (Ctrl-C stops watching, not the generation). Try the seed's kill test meanwhile:")
-    print(f"  kill -9 $(cat {stack.state_dir / 'node' / namespace}/<worker>.pid)\n")
+    if built:
+        print("  kill -9 $(pgrep -f posegen_worker)   # the worker container's main process\n")
+    else:
+        print(f"  kill -9 $(cat {stack.state_dir / 'node' / namespace}/<worker>.pid)\n")
 
     started = time.monotonic()
     last = ""
@@ -73,17 +97,22 @@ def run(state_dir: Path, timeout: float) -> int:
     print()
     if status.get("phase") != "Completed":
         print(f"\nThe generation did not complete ({status.get('phase')}: {status.get('message')}).")
-        print(f"Look at: kubectl describe posegeneration {name}; {stack.log('operator')}")
+        where = (
+            f"kubectl -n {chart_install.RELEASE_NAMESPACE} logs deploy/posegen-operator"
+            if built
+            else stack.log("operator")
+        )
+        print(f"Look at: kubectl describe posegeneration {name}; {where}")
         return 1
 
-    images = output_directory(stack.output_dir, namespace, name, status["generationId"])
-    pngs = sorted(images.glob("pose-*.png"))
+    images_dir = output_directory(stack.output_dir, namespace, name, status["generationId"])
+    pngs = sorted(images_dir.glob("pose-*.png"))
     print(f"""
 Completed: {status["posesCompleted"]}/{status["totalExpectedPoses"]} poses, {status.get("recoveries", 0)} recoveries.
 
-Images: {images}/
+Images: {images_dir}/
   {len(pngs)} PNG files (pose-0000.png ... ) with their COCO-17 keypoints beside them (pose-0000.json)
-
+{container_images(built)}
 Try next (after `. {stack.env_file}`):
   kubectl get posegenerations                      # phase, progress, recoveries, worker, age
   kubectl describe posegeneration {name}               # conditions and every event
@@ -92,10 +121,26 @@ Try next (after `. {stack.env_file}`):
   curl -s $POSEGEN_API_URL/api/apps/pose-generator/health
   psql $DATABASE_URL -c "SELECT id, status, poses_completed, total_expected_poses, started_at
                          FROM pose_generation WHERE id = '{status["generationId"]}'"
-  grep -i recovery {stack.log("operator")}
+  {operator_logs(built, stack)} | grep -i recovery
   make down                                        # stop everything
 (POSEGEN_API_URL and POSEGEN_ADMIN_TOKEN come from {stack.env_file}.)""")
     return 0
+
+
+def operator_logs(built: dict[str, str], stack: Stack) -> str:
+    if built:
+        return f"kubectl -n {chart_install.RELEASE_NAMESPACE} logs deploy/{chart_install.DEPLOYMENT}"
+    return f"cat {stack.log('operator')}"
+
+
+def container_images(built: dict[str, str]) -> str:
+    if not built:
+        return "Operator and worker ran as local processes (no kubelet node).\n"
+    lines = "".join(f"  {target:<9} {image}\n" for target, image in built.items())
+    return (
+        f"Container images (built from the Dockerfile, in the stack's registry; `buildah images` lists them):\n"
+        f"{lines}The operator runs in a container: kubectl -n {chart_install.RELEASE_NAMESPACE} get pods -o wide\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

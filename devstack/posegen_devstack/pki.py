@@ -164,3 +164,27 @@ def ensure_pki(directory: Path) -> Pki:
     _write_key(pki.admin_key, admin_key)
     pki.admin_cert.write_bytes(admin.public_bytes(pem))
     return pki
+
+
+def ensure_certificate(pki: Pki, name: str, common_name: str, organization: str | None, *, server: bool) -> Path:
+    """A certificate signed by the stack's CA, made once: ``<name>.crt`` and ``<name>.key`` beside the
+    CA; a server certificate is for 127.0.0.1 only. Returns the certificate's path (key: .key)."""
+    cert_path = pki.directory / f"{name}.crt"
+    key_path = cert_path.with_suffix(".key")
+    if cert_path.exists() and key_path.exists():
+        return cert_path
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    key = _new_key()
+    cert = _issue(
+        _name(common_name, organization),
+        key,
+        ca_cert,
+        ca_key,
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH],
+        sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if server else None,
+    )
+    _write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path

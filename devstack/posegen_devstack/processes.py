@@ -7,11 +7,16 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from posegen_devstack.pki import Pki
 
 T = TypeVar("T")
 
@@ -147,3 +152,15 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: Pat
         if log is not None and log.exists():
             tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise StackError(f"{error}{tail}") from None
+
+
+def http_get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bytes(response.read())
+
+
+def https_get(url: str, pki: Pki) -> bytes:
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+    with urllib.request.urlopen(url, timeout=2, context=context) as response:
+        return bytes(response.read())

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import kopf
 
+from posegen_common.worker_credentials import WorkerCredentials
 from posegen_operator.model import worker_pod_name
 from posegen_operator.settings import Settings
 
@@ -21,6 +22,8 @@ MANAGED_BY = "posegen-operator"
 LABEL_GENERATION = "posegen.io/generation"
 LABEL_ATTEMPT = "posegen.io/attempt"
 WORKER_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component=worker"
+WORKER_UID = 10001
+NODE_LOSS_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 
 def owner_of(namespace: str, name: str, uid: str) -> dict[str, Any]:
@@ -31,11 +34,22 @@ def owner_of(namespace: str, name: str, uid: str) -> dict[str, Any]:
     }
 
 
+def _secret_env(secret: str, var: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    return {"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
+
+
 def build_worker_pod(
-    namespace: str, name: str, uid: str, generation_id: str, attempt: int, settings: Settings
+    namespace: str,
+    name: str,
+    uid: str,
+    generation_id: str,
+    attempt: int,
+    settings: Settings,
+    credentials: WorkerCredentials | None = None,
 ) -> dict[str, Any]:
     """The worker pod of one attempt: owned by its PoseGeneration, restarted only by the operator
-    (restartPolicy Never: a new attempt, never a silent in-place restart), least privilege."""
+    (restartPolicy Never: a new attempt, never a silent in-place restart), least privilege. With
+    ``credentials`` (minted for this attempt) the worker connects with those and nothing else."""
     worker = settings.worker
     pod_name = worker_pod_name(name, attempt)
     env: list[dict[str, Any]] = [
@@ -51,26 +65,33 @@ def build_worker_pod(
         {"name": "POSEGEN_LOG_FORMAT", "value": worker.log_format},
     ]
     if worker.flux_url:
-        env.append({"name": "FLUX_API_URL", "value": worker.flux_url})
-    if worker.secret_name:
-        for var, key, optional in (
-            ("DATABASE_URL", "database-url", False),
-            ("REDIS_URL", "redis-url", False),
-            ("FLUX_API_KEY", "flux-api-key", True),
-        ):
-            env.append(
-                {
-                    "name": var,
-                    "valueFrom": {"secretKeyRef": {"name": worker.secret_name, "key": key, "optional": optional}},
-                }
-            )
+        env += [
+            {"name": "FLUX_API_URL", "value": worker.flux_url},
+            {"name": "POSEGEN_FLUX_ALLOW_HTTP", "value": str(worker.flux_allow_http).lower()},
+            {"name": "POSEGEN_FLUX_ALLOW_PRIVATE_ADDRESSES", "value": str(worker.flux_allow_private_addresses).lower()},
+            {"name": "POSEGEN_FLUX_SAMPLE_HOSTS", "value": ",".join(worker.flux_sample_hosts)},
+            {"name": "POSEGEN_FLUX_MAX_PIXELS", "value": str(worker.flux_max_pixels)},
+        ]
+
+    secret = worker.secret_name
+    if credentials is not None:
+        # They open this attempt's own checkpoint only: no wider than what the pod's namespace may see.
+        env += [
+            {"name": "DATABASE_URL", "value": credentials.database_url},
+            {"name": "REDIS_URL", "value": credentials.redis_url},
+        ]
+    elif secret:
+        env += [_secret_env(secret, "DATABASE_URL", "database-url"), _secret_env(secret, "REDIS_URL", "redis-url")]
     else:
         env += [
             {"name": "DATABASE_URL", "value": settings.database_url},
             {"name": "REDIS_URL", "value": settings.redis_url},
         ]
-        if settings.flux_api_key:
-            env.append({"name": "FLUX_API_KEY", "value": settings.flux_api_key})
+    if secret:
+        env.append(_secret_env(secret, "FLUX_API_KEY", "flux-api-key", optional=True))
+    elif settings.flux_api_key:
+        env.append({"name": "FLUX_API_KEY", "value": settings.flux_api_key})
+    env += worker.extra_env
     if worker.output_claim:
         volume: dict[str, Any] = {"persistentVolumeClaim": {"claimName": worker.output_claim}}
     elif worker.output_host_path:
@@ -104,8 +125,8 @@ def build_worker_pod(
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "fsGroup": 10001,
+            "runAsUser": WORKER_UID,
+            "fsGroup": WORKER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
@@ -115,8 +136,9 @@ def build_worker_pod(
         spec["serviceAccountName"] = worker.service_account
     if worker.node_selector:
         spec["nodeSelector"] = worker.node_selector
-    if worker.tolerations:
-        spec["tolerations"] = worker.tolerations
+    spec["tolerations"] = [*worker.tolerations, *node_loss_tolerations(worker.node_loss_seconds)]
+    if worker.host_network:
+        spec["hostNetwork"] = True
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -136,6 +158,13 @@ def build_worker_pod(
     }
     kopf.adopt(pod, owner=kopf.Body(cast(kopf.RawBody, owner_of(namespace, name, uid))))
     return pod
+
+
+def node_loss_tolerations(seconds: int) -> list[dict[str, Any]]:
+    return [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}
+        for key in NODE_LOSS_TAINTS
+    ]
 
 
 def build_event(

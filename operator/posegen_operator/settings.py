@@ -91,12 +91,20 @@ class _Env:
 class WorkerTemplate:
     """How worker pods are built (the chart's worker values)."""
 
-    image: str = "posegen-worker:latest"
+    # The published name (the chart's default): `make images` pushes the same name to a local registry.
+    image: str = "ghcr.io/posegen/posegen-worker:0.1.0"
     command: tuple[str, ...] = ("python", "-m", "posegen_worker")
     service_account: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    # Seconds a worker stays bound to a node that is NotReady or unreachable before it is evicted
+    # (Kubernetes' default is 300): the heartbeat replaces it sooner, this lets the old pod go.
+    node_loss_seconds: int = 10
+    # The node's network (single-node and development clusters reach 127.0.0.1 services this way).
+    host_network: bool = False
+    # More environment variables for the worker container (a list of EnvVar).
+    extra_env: list[dict[str, Any]] = field(default_factory=list)
     # Where images go: a hostPath or a PVC (claim name) mounted at mount_path, else an emptyDir.
     output_mount_path: str = "/var/lib/posegen/outputs"
     output_host_path: str | None = None
@@ -108,6 +116,12 @@ class WorkerTemplate:
     generator: str = "embedded"
     pose_seconds: float = 0.6
     flux_url: str | None = None
+    # Where the FLUX backend may fetch samples from, passed to the worker as is (generators/flux.py
+    # DestinationPolicy): the safe defaults refuse http and non-public addresses.
+    flux_allow_http: bool = False
+    flux_allow_private_addresses: bool = False
+    flux_sample_hosts: tuple[str, ...] = ()
+    flux_max_pixels: int = 4096 * 4096
     log_format: str = "text"
     # How long a worker waits out an unreachable Postgres before exiting DEPENDENCY_UNAVAILABLE.
     dependency_retry_seconds: float = 600
@@ -179,6 +193,9 @@ class Settings:
             resources=env.json("POSEGEN_WORKER_RESOURCES", {}, dict),
             node_selector=env.json("POSEGEN_WORKER_NODE_SELECTOR", {}, dict),
             tolerations=env.json("POSEGEN_WORKER_TOLERATIONS", [], list),
+            node_loss_seconds=env.integer("POSEGEN_WORKER_NODE_LOSS_SECONDS", 10, maximum=86400),
+            host_network=env.flag("POSEGEN_WORKER_HOST_NETWORK", False),
+            extra_env=env.json("POSEGEN_WORKER_EXTRA_ENV", [], list),
             output_mount_path=env.text("POSEGEN_OUTPUT_MOUNT_PATH", WorkerTemplate.output_mount_path),
             output_host_path=env.optional("POSEGEN_OUTPUT_HOST_PATH"),
             output_claim=env.optional("POSEGEN_OUTPUT_CLAIM"),
@@ -187,6 +204,12 @@ class Settings:
             generator=env.choice("POSEGEN_GENERATOR", "embedded", ("embedded", "flux")),
             pose_seconds=env.number("POSEGEN_POSE_SECONDS", 0.6, maximum=600),
             flux_url=env.optional("FLUX_API_URL"),
+            flux_allow_http=env.flag("POSEGEN_FLUX_ALLOW_HTTP", False),
+            flux_allow_private_addresses=env.flag("POSEGEN_FLUX_ALLOW_PRIVATE_ADDRESSES", False),
+            flux_sample_hosts=tuple(
+                h.strip() for h in (env.optional("POSEGEN_FLUX_SAMPLE_HOSTS") or "").split(",") if h.strip()
+            ),
+            flux_max_pixels=env.integer("POSEGEN_FLUX_MAX_PIXELS", 4096 * 4096, minimum=65536, maximum=10**8),
             log_format=log_format,
             dependency_retry_seconds=env.number(
                 "POSEGEN_WORKER_DEPENDENCY_RETRY_SECONDS", stall_timeout, minimum=1, maximum=86400

@@ -9,16 +9,7 @@ from __future__ import annotations
 import pytest
 from bench import soak
 
-pytestmark = [
-    pytest.mark.e2e,
-    # For the lead to remove once the fault below is fixed on main (items 1, 3 and 4 of issue 14 are).
-    pytest.mark.xfail(
-        strict=False,
-        reason="open fault found by the soak: a generation whose pod create was refused for a while (a quota) is "
-        "replaced as Stalled moments after its worker finally starts, because the stall clock (last_pose_at) runs "
-        "from the attempt's claim (rules.py: quiet = db_now - last_pose_at), not from when a pod of it ran",
-    ),
-]
+pytestmark = pytest.mark.e2e
 
 # Fixed seed; a fault every ~6 s, so the deck's ten kinds all come up within the 2.5 minutes.
 SOAK_ARGS = "--minutes 2.5 --seed 14 --fault-interval 6 --drain-seconds 180 --results soak_e2e"

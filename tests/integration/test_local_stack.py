@@ -16,6 +16,7 @@ import psycopg2
 import pytest
 import redis
 
+from posegen_devstack.process_node import NODE_HEARTBEAT
 from posegen_devstack.processes import pid_alive, wait_for
 from tests.harness import Cluster, pod_manifest, unique_name
 
@@ -242,3 +243,13 @@ def test_prometheus_is_up_with_promtool(cluster: Cluster) -> None:
 
 def process_exists(pid: int) -> bool:
     return pid_alive(pid)
+
+
+def test_process_node_rides_out_an_api_server_restart(cluster: Cluster, namespace: str) -> None:
+    """Like a kubelet: an API server away for two heartbeats is no reason to exit (it once did, on
+    the first refused connection of its heartbeat)."""
+    node_pid = int((cluster.stack.run_dir / "node.pid").read_text())
+    cluster.stack.restart("kube-apiserver", down_seconds=2 * NODE_HEARTBEAT + 1)
+    assert pid_alive(node_pid), "the process node exited while the API server was away"
+    cluster.core.create_namespaced_pod(namespace, pod_manifest("after", ["true"]))
+    wait_for(lambda: pod_is(cluster, namespace, "after", "Succeeded"), timeout=60, what="a pod run after the restart")
