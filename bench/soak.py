@@ -688,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rows, load = RowWatch(bench, state, namespaces), Load(bench, state, namespaces, args)
         rows.start()
         load.start()
-        # Faults start once the load does: a first worker recording poses.
+        # Faults start once the load does: a first generation processing.
         wait_for(
             lambda: any(row.status == "processing" for row in state.rows.values()),
             timeout=120,
