@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, float] = {
     "sweep_cost": 1200,
     "checkpoint_overhead": 600,
     "admission": 900,
+    "foreign_pods": 900,
 }
 
 
@@ -89,6 +90,15 @@ def _admission(d: dict[str, Any]) -> str:
     )
 
 
+def _foreign(d: dict[str, Any]) -> str:
+    f = d["figures"]
+    return (
+        f"{f['foreign_pods']:,} foreign pods created, relabelled twice, deleted: operator CPU "
+        f"{f['cpu_percent_churn']:.2f} % of a core vs {f['cpu_percent_quiet']:.2f} % quiet (x{f['cpu_ratio']:.2f}), "
+        f"RSS {f['rss_mib_delta']:+.1f} MiB"
+    )
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "crash_resume": _crash,
     "hang": _hang,
@@ -97,6 +107,7 @@ HEADLINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "sweep_cost": _sweep,
     "checkpoint_overhead": _checkpoint,
     "admission": _admission,
+    "foreign_pods": _foreign,
 }
 
 
