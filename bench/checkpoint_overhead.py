@@ -90,7 +90,7 @@ def worker_loop(bench: BenchStack, engine: Any, client: redis.Redis, pose_second
             flux_max_attempts=5,
             heartbeat_ttl=HEARTBEAT_TTL,
             heartbeat_interval=HEARTBEAT_TTL / 5,
-            database_retry_seconds=60,
+            dependency_retry_seconds=600,
             log_format="text",
         )
         worker = Worker(settings, engine, client, EmbeddedGenerator(pose_seconds=pose_seconds))
@@ -120,7 +120,8 @@ def checkpoint_alone(engine: Any, client: redis.Redis, calls: int) -> dict[str, 
         with engine.begin() as conn:
             checkpoint.record_pose(conn, spec.id, 1, pose)
         recorded = time.perf_counter()
-        heartbeat.beat(index + 1)
+        heartbeat.poses = index + 1
+        heartbeat.renew()
         beat_ms.append(1000 * (time.perf_counter() - recorded))
         record_ms.append(1000 * (recorded - started))
     return {"record_pose_ms": record_ms, "heartbeat_ms": beat_ms}

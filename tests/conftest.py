@@ -38,6 +38,7 @@ TEST_OPERATOR_ENV = {
     "POSEGEN_RECOVERY_BACKOFF_SECONDS": "0.5",
     "POSEGEN_MAX_CONCURRENT": "20",
     "POSEGEN_WORKER_GRACE_SECONDS": "10",
+    "POSEGEN_GENERATE_NAMESPACES": "t-*",  # /generate into the tests' own namespaces only
 }
 
 

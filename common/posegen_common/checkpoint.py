@@ -8,7 +8,7 @@ and the unique keys make a pose computed twice count once."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -81,13 +81,16 @@ class Checkpoint:
 
     spec: GenerationSpec
     attempt: int
-    completed_indexes: frozenset[int]
+    recorded: Mapping[int, int]  # pose index -> the attempt whose row recorded it (its files are that attempt's)
 
 
 @dataclass(frozen=True)
 class PoseRecorded:
     poses_completed: int
     keep_going: bool  # False once the generation is complete or suspended
+    # The pose's row is the caller's (inserted now, or by its own earlier try whose commit reply was
+    # lost): only then may it publish its files. False: another attempt recorded it first.
+    ours: bool
 
 
 @dataclass(frozen=True)
@@ -335,8 +338,8 @@ def load_checkpoint(conn: Connection, generation_id: str, attempt: int) -> Check
         seed=row.seed,
         total_expected_poses=row.total_expected_poses,
     )
-    done = conn.scalars(select(pose.c.pose_index).where(pose.c.generation_id == generation_id))
-    return Checkpoint(spec, attempt, frozenset(done))
+    done = conn.execute(select(pose.c.pose_index, pose.c.attempt).where(pose.c.generation_id == generation_id))
+    return Checkpoint(spec, attempt, {index: by for index, by in done})
 
 
 def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: RecordedPose) -> PoseRecorded:
@@ -345,7 +348,8 @@ def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: Re
     Raises Superseded (and writes nothing) unless ``attempt`` is current and the generation is
     processing, or suspended (the pose a worker had in flight when it was suspended still counts;
     ``PoseRecorded.keep_going`` then tells it to stop). The row lock orders this write against
-    ``begin_attempt``: a bump waits for an in-flight pose, and a pose after a bump sees it."""
+    ``begin_attempt``: a bump waits for an in-flight pose, and a pose after a bump sees it.
+    ``PoseRecorded.ours`` tells whether the pose's row belongs to the caller's attempt."""
     current = conn.execute(
         select(
             generation.c.attempt, generation.c.status, generation.c.poses_completed, generation.c.total_expected_poses
@@ -370,13 +374,21 @@ def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: Re
         .on_conflict_do_nothing()
         .returning(pose.c.id)
     ).scalar_one_or_none()
+    recorder = (
+        attempt
+        if inserted is not None
+        else conn.scalar(
+            select(pose.c.attempt).where(pose.c.generation_id == generation_id, pose.c.pose_index == recorded.index)
+        )
+    )
     completed = int(current.poses_completed) + (1 if inserted is not None else 0)
     finished = completed >= current.total_expected_poses
     values: dict[str, Any] = {"poses_completed": completed, "last_pose_at": func.now()}
     if finished:
         values |= {"status": GenerationStatus.COMPLETED, "completed_at": func.now()}
     conn.execute(update(generation).where(generation.c.id == generation_id).values(**values))
-    return PoseRecorded(completed, keep_going=current.status == GenerationStatus.PROCESSING and not finished)
+    keep_going = current.status == GenerationStatus.PROCESSING and not finished
+    return PoseRecorded(completed, keep_going=keep_going, ours=recorder == attempt)
 
 
 def seed_duplicates(conn: Connection) -> Sequence[Any]:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from posegen_common.secret_files import secret_value
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -108,7 +110,10 @@ def is_connection_error(error: BaseException) -> bool:
 
 def main() -> None:
     """``python -m posegen_common.database``: run the migrations (the chart's migration Job)."""
-    migrate(os.environ["DATABASE_URL"])
+    url = secret_value(os.environ, "DATABASE_URL")
+    if url is None:
+        sys.exit("DATABASE_URL (or DATABASE_URL_FILE, a file holding it) must be set")
+    migrate(url)
     print("database schema is up to date")
 
 

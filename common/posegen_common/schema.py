@@ -133,3 +133,16 @@ def reference_for(pose_library_ids: list[str] | None, index: int) -> str | None:
     if not pose_library_ids:
         return None
     return pose_library_ids[index % len(pose_library_ids)]
+
+
+class WorkerCredentialRow(Base):
+    """The login role minted for one worker attempt (migration 0004): only the owner reads it."""
+
+    __tablename__ = "worker_credential"
+
+    role_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    generation_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("pose_generation.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

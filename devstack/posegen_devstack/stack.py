@@ -41,13 +41,14 @@ BUILD_SCRIPT = REPO_ROOT / "devstack" / "build-binaries.sh"
 DATABASE = "posegen"
 DB_USER = "posegen"
 SERVICE_CIDR = "10.0.0.0/24"
-# Controllers the stack needs: garbage collection, namespace deletion, service accounts, and the
+# Controllers the stack needs: garbage collection, namespace deletion, service accounts, quotas, and the
 # workload controllers a Helm release of the operator uses. No node lifecycle: the node runner is
 # the only node and reports its own health.
 CONTROLLERS = (
     "garbage-collector-controller,namespace-controller,serviceaccount-controller,"
     "serviceaccount-token-controller,deployment-controller,replicaset-controller,job-controller,"
-    "root-ca-certificate-publisher-controller,endpointslice-controller,ttl-after-finished-controller"
+    "root-ca-certificate-publisher-controller,endpointslice-controller,ttl-after-finished-controller,"
+    "resourcequota-controller"
 )
 # Stop order: dependents first.
 COMPONENTS = (

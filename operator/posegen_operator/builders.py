@@ -47,6 +47,7 @@ def build_worker_pod(
         {"name": "POSEGEN_POSE_SECONDS", "value": str(worker.pose_seconds)},
         {"name": "POSEGEN_HEARTBEAT_TTL_SECONDS", "value": str(settings.heartbeat_ttl)},
         {"name": "POSEGEN_HEARTBEAT_INTERVAL_SECONDS", "value": str(settings.heartbeat_interval)},
+        {"name": "POSEGEN_DEPENDENCY_RETRY_SECONDS", "value": str(worker.dependency_retry_seconds)},
         {"name": "POSEGEN_LOG_FORMAT", "value": worker.log_format},
     ]
     if worker.flux_url:
@@ -83,6 +84,10 @@ def build_worker_pod(
         "command": list(worker.command),
         "env": env,
         "volumeMounts": [{"name": "outputs", "mountPath": worker.output_mount_path}],
+        # The worker writes why it stopped there (disk full, output not writable, ...); the pod's
+        # status then carries it, or the log's tail when the worker died without a word.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

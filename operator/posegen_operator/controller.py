@@ -74,6 +74,7 @@ class Controller:
             heartbeat_ttl=settings.heartbeat_ttl,
             worker_startup_grace=settings.worker_startup_grace,
             worker_start_timeout=settings.worker_start_timeout,
+            max_per_namespace=settings.max_concurrent_per_namespace,
             backoff_base=settings.backoff_base,
             backoff_max=settings.backoff_max,
         )

@@ -71,10 +71,8 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
-    # Per-object workers: each holds its object's queued watch events until it exits, so a worker
-    # that idles for kopf's default 5 s makes thousands of objects (start-up, a mass creation) drain
-    # at 50 objects per 5 s, with every queued body kept in memory meanwhile. Our handler is a quick
-    # cache update: let idle workers go at once.
+    # Per-object workers hold their object's queued bodies until they exit; our handler is a quick
+    # cache update, so idle workers go at once (docs/BENCHMARKS.md §4 has the measurements).
     settings.queueing.worker_limit = 50
     settings.queueing.idle_timeout = 0.1
     settings.watching.chunk_size = 500  # kopf's start-up list in pages, not thousands decoded at once

@@ -21,8 +21,6 @@ from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("posegen.operator")
 REQUEST_TIMEOUT = (3, 5)
-# Where the holder serves its admin API: a standby forwards the recovery trigger there.
-API_URL_ANNOTATION = "posegen.io/api-url"
 
 
 def _micro(value: dt.datetime) -> str:
@@ -50,12 +48,9 @@ class LeaderElector:
         renew_deadline_seconds: float = 10,
         retry_seconds: float = 2,
         enabled: bool = True,
-        advertise_url: str | None = None,
         on_change: Callable[[bool], None] | None = None,
     ) -> None:
         self.coordination = kubernetes.client.CoordinationV1Api(api) if enabled else None
-        self.advertise_url = advertise_url
-        self.leader_url: str | None = None  # the active replica's admin API, as its lease says
         self.name, self.namespace, self.identity = name, namespace, identity
         self.lease_seconds = lease_seconds
         self.renew_deadline = renew_deadline_seconds
@@ -140,10 +135,7 @@ class LeaderElector:
         except ApiException as error:
             if error.status != 404:
                 raise
-            body = {
-                "metadata": {"name": self.name, "namespace": self.namespace, "annotations": self._annotations({})},
-                "spec": self._spec(now, 0, now),
-            }
+            body = {"metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(now, 0, now)}
             try:
                 self.coordination.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
             except ApiException as conflict:
@@ -161,14 +153,11 @@ class LeaderElector:
         monotonic = time.monotonic()
         if record != self._observed:
             self._observed, self._observed_at = record, monotonic
-        if holder and holder != self.identity:
-            self.leader_url = (lease.metadata.annotations or {}).get(API_URL_ANNOTATION)
-            if monotonic < self._observed_at + record.duration:
-                return False  # held by another replica, renewed within its duration as we saw it
+        if holder and holder != self.identity and monotonic < self._observed_at + record.duration:
+            return False  # held by another replica, renewed within its duration as we saw it
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
         acquired = spec.acquire_time if holder == self.identity and spec.acquire_time else now
         lease.spec = self._spec(now, transitions, acquired)
-        lease.metadata.annotations = self._annotations(lease.metadata.annotations or {})
         try:
             # replace carries the resourceVersion we read: a concurrent writer makes this fail (409).
             self.coordination.replace_namespaced_lease(
@@ -186,11 +175,6 @@ class LeaderElector:
             self._renewed_at = time.monotonic()
         self._observed = _Record(self.identity, now.isoformat(), self.lease_seconds)
         self._observed_at = time.monotonic()
-
-    def _annotations(self, existing: dict[str, str]) -> dict[str, str]:
-        if self.advertise_url is None:
-            return existing
-        return {**existing, API_URL_ANNOTATION: self.advertise_url}
 
     def _spec(self, now: dt.datetime, transitions: int, acquired: dt.datetime) -> dict[str, object]:
         return {

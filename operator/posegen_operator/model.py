@@ -58,6 +58,7 @@ class PlanConfig:
     backoff_base: float
     backoff_max: float
     worker_start_timeout: float = 300.0  # a worker pod not running by then is replaced or failed
+    max_per_namespace: int = 0  # worker slots one namespace may hold at once; 0: no limit
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,13 @@ def generation_spec(body: Body) -> GenerationSpec:
 
 
 def policy_of(body: Body, settings: Settings) -> Policy:
+    """The recovery policy: the resource's overrides of the defaults, within the admin's limits."""
     overrides = body.get("spec", {}).get("recovery") or {}
+    limits = settings.limits
     return Policy(
-        stall_timeout=float(overrides.get("stallTimeoutSeconds", settings.stall_timeout)),
-        deadline=float(overrides.get("deadlineSeconds", settings.deadline)),
-        max_recoveries=int(overrides.get("maxRecoveries", settings.max_recoveries)),
+        stall_timeout=min(float(overrides.get("stallTimeoutSeconds", settings.stall_timeout)), limits.stall_timeout),
+        deadline=min(float(overrides.get("deadlineSeconds", settings.deadline)), limits.deadline),
+        max_recoveries=min(int(overrides.get("maxRecoveries", settings.max_recoveries)), limits.max_recoveries),
     )
 
 
@@ -223,7 +225,7 @@ class Observer:
             uid=uid,
             created_at=parse_time(meta.get("creationTimestamp")) or dt.datetime.now(dt.UTC),
             spec_generation=int(meta.get("generation", 1)),
-            priority=int(spec.get("priority", 0)),
+            priority=min(int(spec.get("priority", 0)), self.settings.limits.priority),
             suspend=bool(spec.get("suspend", False)),
             deleting=meta.get("deletionTimestamp") is not None,
             has_finalizer=FINALIZER in (meta.get("finalizers") or []),

@@ -7,10 +7,11 @@ unit-tested with plain dataclasses and a fixed clock. ``act`` carries the result
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Sequence
 
 from posegen_common.checkpoint import GenerationSpec, GenerationState
-from posegen_common.exit_codes import Fault, meaning
+from posegen_common.exit_codes import ExitMeaning, Fault, meaning
 from posegen_common.schema import GenerationStatus
 from posegen_operator.actions import (
     Action,
@@ -54,8 +55,8 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
         if decision is not None:
             decisions.append(decision)
     # A deleted generation's worker still runs until it has stopped: it keeps its slot till then.
-    stopping = sum(1 for v in snapshot.generations if v.deleting and any(not p.terminated for p in v.pods))
-    _admit(decisions, config, result, busy=stopping)
+    stopping = [v.namespace for v in snapshot.generations if v.deleting and any(not p.terminated for p in v.pods)]
+    _admit(decisions, config, result, stopping)
     for decision in decisions:
         own = Plan()
         try:
@@ -222,33 +223,12 @@ def _check_worker(
         return
     budgeted = True
     if current is not None and current.terminated:
-        code = current.exit_code
-        exit_meaning = meaning(code)
+        exit_meaning = meaning(current.exit_code)
         if exit_meaning.fault == Fault.PERMANENT:
-            _fail(
-                decision,
-                result.actions,
-                exit_meaning.reason,
-                f"worker {current.name} exited with code {code}: {exit_meaning.message}",
-            )
+            detail = f"worker {current.name} exited with code {current.exit_code}: {exit_meaning.message}"
+            _fail(decision, result.actions, exit_meaning.reason, detail)
             return
-        if current.terminated_reason == "OOMKilled":
-            reason, detail = (
-                Reason.OOM_KILLED,
-                f"worker {current.name} ran out of memory (OOMKilled): raise the worker's memory limit",
-            )
-        elif exit_meaning.fault == Fault.TRANSIENT:
-            reason, detail = Reason(exit_meaning.reason), f"worker {current.name} exited: {exit_meaning.message}"
-            budgeted = False
-        elif current.reason == "Evicted" or current.phase == "Succeeded":
-            reason, detail = (
-                Reason.EVICTED,
-                f"worker {current.name} was stopped ({current.reason or 'exit 0'}) before finishing",
-            )
-        else:
-            reason, detail = Reason.CRASHED, f"worker {current.name} exited with code {code}"
-            if current.terminated_message:
-                detail += f": {current.terminated_message.strip()[-200:]}"
+        reason, detail, budgeted = _exit_cause(current, exit_meaning)
     elif current is not None:
         reason, detail = Reason.EVICTED, f"worker pod {current.name} was deleted"
     elif snapshot.first_pass:
@@ -258,6 +238,24 @@ def _check_worker(
     if view.manual_check:
         reason = Reason.MANUAL
     _recover(decision, reason, detail, snapshot, config, result, budgeted=budgeted)
+
+
+def _exit_cause(pod: PodView, exit_meaning: ExitMeaning) -> tuple[Reason, str, bool]:
+    """Why a worker that is not permanently failed exited: (reason, detail, budgeted)."""
+    if pod.terminated_reason == "OOMKilled":
+        return (
+            Reason.OOM_KILLED,
+            f"worker {pod.name} ran out of memory (OOMKilled): raise the worker's memory limit",
+            True,
+        )
+    if exit_meaning.fault == Fault.TRANSIENT:
+        return Reason(exit_meaning.reason), f"worker {pod.name} exited: {exit_meaning.message}", False
+    if pod.reason == "Evicted" or pod.phase == "Succeeded":
+        return Reason.EVICTED, f"worker {pod.name} was stopped ({pod.reason or 'exit 0'}) before finishing", True
+    detail = f"worker {pod.name} exited with code {pod.exit_code}"
+    if pod.terminated_message:
+        detail += f": {pod.terminated_message.strip()[-200:]}"
+    return Reason.CRASHED, detail, True
 
 
 # Waiting reasons a new pod cannot cure: the image or the pod's configuration must be fixed.
@@ -319,6 +317,9 @@ def _check_heartbeat(
             result.due_in(grace_left)
             return False
     silent = view.heartbeat_silent_for or 0.0
+    if row.worker_started_at is not None:
+        # The clock may have started before this worker existed (its pod refused, or pending).
+        silent = min(silent, (snapshot.db_now - row.worker_started_at).total_seconds())
     if silent <= config.heartbeat_ttl:
         result.due_in(config.heartbeat_ttl - silent)
         return False
@@ -450,15 +451,22 @@ def _fail(decision: Decision, actions: list[Action], reason: str, message: str) 
     actions.append(SetRowStatus(view.key, row.id, GenerationStatus.FAILED, f"{reason}: {message}"))
 
 
-def _admit(decisions: list[Decision], config: PlanConfig, result: Plan, busy: int) -> None:
-    """Start waiting generations in priority, then age, order while worker slots are free."""
-    busy += sum(1 for decision in decisions if decision.holds_slot)
+def _admit(decisions: list[Decision], config: PlanConfig, result: Plan, stopping: list[str]) -> None:
+    """Start waiting generations in priority, then age, order while worker slots are free, and
+    while their namespace holds fewer than its share (one tenant cannot take every slot)."""
+    holding = Counter([*stopping, *(d.view.namespace for d in decisions if d.holds_slot)])
     waiting = sorted(
         (d for d in decisions if d.wants_slot),
         key=lambda d: (-d.view.priority, d.view.created_at, d.view.namespace, d.view.name),
     )
-    free = max(0, config.max_concurrent - busy)
-    for decision in waiting[:free]:
+    free = max(0, config.max_concurrent - sum(holding.values()))
+    admitted: list[Decision] = []
+    for decision in waiting:
+        namespace = decision.view.namespace
+        if len(admitted) < free and not (0 < config.max_per_namespace <= holding[namespace]):
+            admitted.append(decision)
+            holding[namespace] += 1
+    for decision in admitted:
         view, row = decision.view, decision.row
         start = StartWorker(
             view.key, view.uid, row.id, row.attempt, None, "", row.poses_completed, row.total_expected_poses
@@ -469,7 +477,15 @@ def _admit(decisions: list[Decision], config: PlanConfig, result: Plan, busy: in
         decision.worker_pod = worker_pod_name(view.name, start.attempt)
         resumed = row.status == GenerationStatus.SUSPENDED
         decision.message = f"worker {decision.worker_pod} starting" + (" (resumed)" if resumed else "")
-    for decision in waiting[free:]:
+    for decision in waiting:
+        if decision in admitted:
+            continue
         decision.phase = Phase.QUEUED
-        decision.message = f"waiting for a worker slot ({config.max_concurrent} running at most)"
+        if 0 < config.max_per_namespace <= holding[decision.view.namespace]:
+            decision.message = (
+                f"waiting for a worker slot ({config.max_per_namespace} running at most in namespace "
+                f"{decision.view.namespace})"
+            )
+        else:
+            decision.message = f"waiting for a worker slot ({config.max_concurrent} running at most)"
         result.queued.append(decision.row.id)

@@ -64,7 +64,6 @@ class Runtime:
             namespace=settings.lease_namespace,
             identity=settings.identity,
             enabled=settings.leader_election,
-            advertise_url=settings.advertise_url,
         )
         controller = Controller(settings, api, engine, redis_client, metrics, elector)
         # A heartbeat that expires wakes the controller at once (the pass decides if it is a hang).

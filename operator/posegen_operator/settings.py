@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from posegen_common.secret_files import secret_value
+
 
 class SettingsError(ValueError):
     pass
@@ -27,6 +29,16 @@ class _Env:
 
     def optional(self, name: str) -> str | None:
         return self.environ.get(name) or None
+
+    def secret(self, name: str) -> str:
+        """A credential: NAME, or the file NAME_FILE names (how the chart passes them)."""
+        value = secret_value(self.environ, name)
+        if value is None:
+            raise SettingsError(f"{name} must be set (or {name}_FILE, naming a file that holds it)")
+        return value
+
+    def optional_secret(self, name: str) -> str | None:
+        return secret_value(self.environ, name)
 
     def number(self, name: str, default: float, *, minimum: float = 0, maximum: float = float("inf")) -> float:
         raw = self.environ.get(name)
@@ -97,6 +109,19 @@ class WorkerTemplate:
     pose_seconds: float = 0.6
     flux_url: str | None = None
     log_format: str = "text"
+    # How long a worker waits out an unreachable Postgres before exiting DEPENDENCY_UNAVAILABLE.
+    dependency_retry_seconds: float = 600
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Ceilings an admin sets on what a resource may ask for (admission refuses more where the
+    chart's ValidatingAdmissionPolicy is installed; the operator clamps in any case)."""
+
+    priority: int = 100
+    deadline: float = 604800
+    max_recoveries: int = 100
+    stall_timeout: float = 86400
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,10 @@ class Settings:
     admin_token: str
     namespaces: tuple[str, ...]
     max_concurrent: int
+    max_concurrent_per_namespace: int  # 0: no limit per namespace
+    limits: Limits
+    # fnmatch patterns of the namespaces /generate may create generations in; empty: the default one
+    generate_namespaces: tuple[str, ...]
     sweep_interval: float
     status_interval: float
     heartbeat_ttl: float
@@ -119,13 +148,15 @@ class Settings:
     backoff_max: float
     api_host: str
     api_port: int
+    # The admin API's certificate and key (PEM files, e.g. a mounted kubernetes.io/tls Secret); unset: HTTP.
+    api_tls_cert_file: str | None
+    api_tls_key_file: str | None
     metrics_port: int
     probe_port: int
     leader_election: bool
     lease_name: str
     lease_namespace: str
     identity: str
-    advertise_url: str
     migrate_on_start: bool
     log_format: str
     flux_api_key: str | None
@@ -140,6 +171,7 @@ class Settings:
         )
         namespaces = tuple(n.strip() for n in (env.optional("POSEGEN_NAMESPACES") or "").split(",") if n.strip())
         log_format = env.choice("POSEGEN_LOG_FORMAT", "text", ("text", "json"))
+        stall_timeout = env.number("POSEGEN_STALL_TIMEOUT_SECONDS", 600, minimum=10, maximum=86400)
         worker = WorkerTemplate(
             image=env.text("POSEGEN_WORKER_IMAGE", WorkerTemplate.image),
             command=tuple(env.json("POSEGEN_WORKER_COMMAND", list(WorkerTemplate.command), list)),
@@ -156,42 +188,57 @@ class Settings:
             pose_seconds=env.number("POSEGEN_POSE_SECONDS", 0.6, maximum=600),
             flux_url=env.optional("FLUX_API_URL"),
             log_format=log_format,
+            dependency_retry_seconds=env.number(
+                "POSEGEN_WORKER_DEPENDENCY_RETRY_SECONDS", stall_timeout, minimum=1, maximum=86400
+            ),
         )
         if worker.generator == "flux" and not worker.flux_url:
             raise SettingsError("FLUX_API_URL must be set when POSEGEN_GENERATOR=flux")
         if worker.output_host_path and worker.output_claim:
             raise SettingsError("set only one of POSEGEN_OUTPUT_HOST_PATH and POSEGEN_OUTPUT_CLAIM")
+        if bool(env.optional("POSEGEN_API_TLS_CERT_FILE")) != bool(env.optional("POSEGEN_API_TLS_KEY_FILE")):
+            raise SettingsError("set both POSEGEN_API_TLS_CERT_FILE and POSEGEN_API_TLS_KEY_FILE, or neither")
         return cls(
-            database_url=env.text("DATABASE_URL"),
-            redis_url=env.text("REDIS_URL"),
-            admin_token=env.text("POSEGEN_ADMIN_TOKEN"),
+            database_url=env.secret("DATABASE_URL"),
+            redis_url=env.secret("REDIS_URL"),
+            admin_token=env.secret("POSEGEN_ADMIN_TOKEN"),
             namespaces=namespaces,
             max_concurrent=env.integer("POSEGEN_MAX_CONCURRENT", 10, minimum=1, maximum=100000),
+            max_concurrent_per_namespace=env.integer("POSEGEN_MAX_CONCURRENT_PER_NAMESPACE", 0, maximum=100000),
+            limits=Limits(
+                priority=env.integer("POSEGEN_LIMIT_PRIORITY", Limits.priority, minimum=-100, maximum=100),
+                deadline=env.number("POSEGEN_LIMIT_DEADLINE_SECONDS", Limits.deadline, minimum=30, maximum=604800),
+                max_recoveries=env.integer("POSEGEN_LIMIT_MAX_RECOVERIES", Limits.max_recoveries, maximum=100),
+                stall_timeout=env.number(
+                    "POSEGEN_LIMIT_STALL_TIMEOUT_SECONDS", Limits.stall_timeout, minimum=10, maximum=86400
+                ),
+            ),
+            generate_namespaces=tuple(
+                n.strip() for n in (env.optional("POSEGEN_GENERATE_NAMESPACES") or "").split(",") if n.strip()
+            ),
             sweep_interval=env.number("POSEGEN_SWEEP_INTERVAL_SECONDS", 10, minimum=0.5, maximum=3600),
             status_interval=env.number("POSEGEN_STATUS_INTERVAL_SECONDS", 2, minimum=0.2, maximum=600),
             heartbeat_ttl=heartbeat_ttl,
             heartbeat_interval=heartbeat_interval,
             worker_startup_grace=env.number("POSEGEN_WORKER_STARTUP_GRACE_SECONDS", 30, maximum=3600),
             worker_start_timeout=env.number("POSEGEN_WORKER_START_TIMEOUT_SECONDS", 300, minimum=10, maximum=86400),
-            stall_timeout=env.number("POSEGEN_STALL_TIMEOUT_SECONDS", 600, minimum=10, maximum=86400),
+            stall_timeout=stall_timeout,
             deadline=env.number("POSEGEN_DEADLINE_SECONDS", 7200, minimum=30, maximum=604800),
             max_recoveries=env.integer("POSEGEN_MAX_RECOVERIES", 5, maximum=100),
             backoff_base=env.number("POSEGEN_RECOVERY_BACKOFF_SECONDS", 2, maximum=3600),
             backoff_max=env.number("POSEGEN_RECOVERY_BACKOFF_MAX_SECONDS", 60, maximum=86400),
             api_host=env.text("POSEGEN_API_HOST", "0.0.0.0"),
             api_port=env.integer("POSEGEN_API_PORT", 8080, minimum=1, maximum=65535),
+            api_tls_cert_file=env.optional("POSEGEN_API_TLS_CERT_FILE"),
+            api_tls_key_file=env.optional("POSEGEN_API_TLS_KEY_FILE"),
             metrics_port=env.integer("POSEGEN_METRICS_PORT", 9090, minimum=1, maximum=65535),
             probe_port=env.integer("POSEGEN_PROBE_PORT", 8081, minimum=1, maximum=65535),
             leader_election=env.flag("POSEGEN_LEADER_ELECTION", True),
             lease_name=env.text("POSEGEN_LEASE_NAME", "posegen-operator"),
             lease_namespace=env.text("POSEGEN_LEASE_NAMESPACE", env.optional("POD_NAMESPACE") or "default"),
             identity=env.text("POSEGEN_IDENTITY", env.optional("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"),
-            advertise_url=env.text(
-                "POSEGEN_ADVERTISE_URL",
-                f"http://{env.optional('POD_IP') or '127.0.0.1'}:{env.integer('POSEGEN_API_PORT', 8080)}",
-            ),
             migrate_on_start=env.flag("POSEGEN_MIGRATE_ON_START", True),
             log_format=log_format,
-            flux_api_key=env.optional("FLUX_API_KEY"),
+            flux_api_key=env.optional_secret("FLUX_API_KEY"),
             worker=worker,
         )

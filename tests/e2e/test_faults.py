@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -74,12 +75,12 @@ def test_a_garbage_label_on_one_pod_halts_nothing_else(cluster: Cluster, namespa
     assert log.count(f"skipping pod {namespace}/{pod}") == 1, "reported once, not every pass"
 
 
+@pytest.mark.usefixtures("slow_poses")
 def test_a_quota_refusing_the_replacement_spends_no_recovery(cluster: Cluster, namespace: str) -> None:
     create_generation(cluster, namespace, "quota", variationCount=200)
     status = wait_for_status(cluster, namespace, "quota", lambda s: s.get("posesCompleted", 0) >= 3, what="poses")
     quota = {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
     cluster.core.create_namespaced_resource_quota(namespace, quota)
-    wait_for(lambda: cluster.core.read_namespaced_resource_quota("no-pods", namespace).status.hard, what="quota")
     os.kill(cluster.pod_pid(namespace, status["workerPod"]), signal.SIGKILL)
     refused = wait_for_status(
         cluster,
@@ -152,3 +153,34 @@ def os_kill_group(postmaster: int, sig: signal.Signals) -> None:
     children = subprocess.run(pgrep, check=False, capture_output=True, text=True).stdout.split()
     for pid in [postmaster, *map(int, children)]:
         os.kill(pid, sig)
+
+
+@pytest.mark.usefixtures("slow_poses")
+def test_a_postgres_outage_is_shown_and_costs_no_generation_anything(cluster: Cluster, namespace: str) -> None:
+    names = ("outage-a", "outage-b")
+    for name in names:
+        create_generation(cluster, namespace, name, variationCount=200)
+    for name in names:
+        wait_for_status(cluster, namespace, name, lambda s: s.get("posesCompleted", 0) >= 5, what="5 poses")
+    outage = threading.Thread(target=cluster.stack.restart, args=("postgres",), kwargs={"down_seconds": 20})
+    outage.start()
+    try:
+        for name in names:
+            degraded = wait_for_status(
+                cluster,
+                namespace,
+                name,
+                lambda s: condition(s, "Degraded").get("reason") == "DatabaseUnavailable",
+                timeout=30,
+                what="the outage shown on the generation",
+            )
+            assert condition(degraded, "Degraded")["status"] == "True"
+    finally:
+        outage.join()
+    for name in names:
+        final = wait_for_phase(cluster, namespace, name, "Completed", timeout=240)
+        assert final["recoveries"] == 0, f"the outage cost {name} a recovery: {final}"
+        assert condition(final, "Degraded")["status"] == "False"
+        assert_exactly_once(cluster, final["generationId"], 200)
+    log = cluster.stack.log("operator").read_text()
+    assert "failed again" in log, "passes back off while the database is down"

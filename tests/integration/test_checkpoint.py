@@ -6,53 +6,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import redis
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Engine
 
-from posegen_common import checkpoint
-from posegen_common.checkpoint import GenerationSpec, RecordedPose, Superseded
-from posegen_common.database import create_db_engine, migrate
+from posegen_common import checkpoint, keys
+from posegen_common.checkpoint import RecordedPose, Superseded
 from posegen_common.exit_codes import ExitCode
-from posegen_common.schema import Base
+from posegen_common.schema import Base, GenerationStatus
 from posegen_operator.observe import RowCache
 from tests.harness import SEED_DUPLICATE_QUERY, Cluster, sql
+from tests.integration.workers import finish, new_generation, next_attempt, start_worker, worker_env
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def engine(cluster: Cluster) -> Iterator[Engine]:
-    """Rows made here have no PoseGeneration: the operator would rightly cancel them as orphans,
-    so it is stopped for this module."""
-    cluster.stack.stop_operator()
-    migrate(cluster.stack.database_url)
-    engine = create_db_engine(cluster.stack.database_url, application_name="test", pool_size=2)
-    yield engine
-    engine.dispose()
-    cluster.stack.start_operator()
-
-
-def new_generation(engine: Engine, total: int = 5, generation_id: str | None = None) -> str:
-    generation_id = generation_id or str(uuid.uuid4())
-    spec = GenerationSpec(
-        id=generation_id,
-        namespace="fencing",
-        name=f"g-{generation_id[:6]}",
-        project_id="p",
-        generation_type="TEXT_DESCRIPTION",
-        text_prompt="a person waving",
-        pose_library_ids=None,
-        seed=7,
-        total_expected_poses=total,
-    )
-    with engine.begin() as conn:
-        checkpoint.register(conn, spec)
-    return generation_id
 
 
 def pose(index: int) -> RecordedPose:
@@ -69,9 +41,10 @@ def test_only_the_current_attempt_records_and_a_pose_counts_once(engine: Engine)
     generation_id = new_generation(engine)
     with engine.begin() as conn:
         assert checkpoint.begin_attempt(conn, generation_id, 0, None) == 1
-        assert checkpoint.record_pose(conn, generation_id, 1, pose(0)).poses_completed == 1
-        # The same pose again (a worker that crashed after its commit redoes it): counted once.
-        assert checkpoint.record_pose(conn, generation_id, 1, pose(0)).poses_completed == 1
+        first = checkpoint.record_pose(conn, generation_id, 1, pose(0))
+        # The same pose again (its commit's reply was lost, or a redo): counted once, still this attempt's.
+        again = checkpoint.record_pose(conn, generation_id, 1, pose(0))
+        assert (first.poses_completed, first.ours, again.poses_completed, again.ours) == (1, True, 1, True)
     with engine.begin() as conn:
         assert checkpoint.begin_attempt(conn, generation_id, 1, "Hung") == 2
         # A second claim from the same observation loses: never two new attempts.
@@ -80,12 +53,76 @@ def test_only_the_current_attempt_records_and_a_pose_counts_once(engine: Engine)
         checkpoint.record_pose(conn, generation_id, 1, pose(1))  # the zombie
     with engine.begin() as conn:
         assert checkpoint.record_pose(conn, generation_id, 2, pose(1)).poses_completed == 2
+        # A pose an earlier attempt recorded is not the successor's: it must not publish files for it.
+        assert not checkpoint.record_pose(conn, generation_id, 2, pose(0)).ours
         state = checkpoint.fetch_states(conn, [generation_id])[generation_id]
         rows = conn.exec_driver_sql(
             "SELECT pose_index, attempt FROM generated_pose WHERE generation_id = %s ORDER BY 1", (generation_id,)
         ).all()
     assert (state.attempt, state.poses_completed, state.recoveries, state.last_recovery_reason) == (2, 2, 1, "Hung")
     assert [tuple(r) for r in rows] == [(0, 1), (1, 2)]
+
+
+def test_orphans_are_looked_for_only_in_the_namespaces_served(engine: Engine) -> None:
+    ours = new_generation(engine, namespace=f"ours-{uuid.uuid4().hex[:6]}")
+    theirs = new_generation(engine, namespace=f"theirs-{uuid.uuid4().hex[:6]}")
+    ours_namespace = checkpoint_namespace(engine, ours)
+
+    with engine.begin() as conn:
+        found = checkpoint.fetch_unfinished_ids(conn, [ours_namespace])
+        everywhere = checkpoint.fetch_unfinished_ids(conn)
+
+    assert ours in found and theirs not in found
+    assert {ours, theirs} <= everywhere
+
+
+def checkpoint_namespace(engine: Engine, generation_id: str) -> str:
+    with engine.begin() as conn:
+        return str(
+            conn.exec_driver_sql("SELECT namespace FROM pose_generation WHERE id = %s", (generation_id,)).scalar()
+        )
+
+
+def test_suspended_time_is_kept_apart_for_the_deadline(engine: Engine) -> None:
+    generation_id = new_generation(engine)
+    with engine.begin() as conn:
+        checkpoint.begin_attempt(conn, generation_id, 0, None)
+        checkpoint.set_status(conn, generation_id, GenerationStatus.SUSPENDED)
+        # Suspended an hour ago (as if overnight), then resumed now.
+        conn.exec_driver_sql(
+            "UPDATE pose_generation SET suspended_at = now() - interval '1 hour' WHERE id = %s", (generation_id,)
+        )
+        checkpoint.set_status(conn, generation_id, GenerationStatus.SUSPENDED)  # suspending again keeps the start
+    with engine.begin() as conn:
+        assert checkpoint.begin_attempt(conn, generation_id, 1, None) == 2
+        state = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+    assert state.suspended_seconds == pytest.approx(3600, abs=5)
+
+
+def test_a_refused_pod_is_recorded_for_its_attempt_only_until_the_pod_exists(engine: Engine) -> None:
+    generation_id = new_generation(engine)
+    with engine.begin() as conn:
+        checkpoint.begin_attempt(conn, generation_id, 0, "Crashed")
+        checkpoint.pod_refused(conn, generation_id, 1, "403 Forbidden: exceeded quota")
+        checkpoint.pod_refused(conn, generation_id, 1, "403 Forbidden: exceeded quota")
+        checkpoint.pod_refused(conn, generation_id, 2, "a later attempt's refusal is not this one's")
+        refused = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+        checkpoint.pod_created(conn, generation_id, 1)
+        checkpoint.pod_refused(conn, generation_id, 1, "too late: the pod exists")
+        created = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+    assert (refused.pod_refusals, refused.last_pod_error, refused.recoveries) == (2, "403 Forbidden: exceeded quota", 1)
+    assert created.worker_pod_created_at is not None and created.last_pod_error is None
+    assert created.pod_refusals == 2
+
+
+def test_a_transient_retry_spends_no_recovery(engine: Engine) -> None:
+    generation_id = new_generation(engine)
+    with engine.begin() as conn:
+        checkpoint.begin_attempt(conn, generation_id, 0, None)
+        checkpoint.begin_attempt(conn, generation_id, 1, "DependencyUnavailable", budgeted=False)
+        state = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+    assert (state.attempt, state.recoveries, state.transient_retries) == (2, 0, 1)
+    assert state.last_recovery_reason == "DependencyUnavailable"
 
 
 def test_the_last_pose_completes_the_generation_and_nothing_is_written_after(engine: Engine) -> None:
@@ -136,6 +173,31 @@ def test_a_superseded_worker_process_exits_3_and_writes_nothing(
         ("completed", 5)
     ]
     assert sql(cluster, SEED_DUPLICATE_QUERY) == []
+
+
+def test_a_zombie_heartbeat_never_stands_for_its_successor(cluster: Cluster, engine: Engine, tmp_path: Path) -> None:
+    """Heartbeats are per attempt: a superseded worker still beating cannot make its successor
+    (here one that never started) look alive."""
+    generation_id = new_generation(engine, total=2)
+    next_attempt(engine, generation_id)
+    client = redis.Redis.from_url(cluster.stack.redis_url)
+    zombie = start_worker(worker_env(cluster, generation_id, 1, tmp_path, POSEGEN_POSE_SECONDS="3"))
+    try:
+        mine, successors = keys.heartbeat(generation_id, 1), keys.heartbeat(generation_id, 2)
+        deadline = time.monotonic() + 30
+        while not client.exists(mine):
+            assert time.monotonic() < deadline, "the worker never beat"
+            time.sleep(0.05)
+        next_attempt(engine, generation_id, "Hung")
+        beat_before = client.get(mine)
+        while client.get(mine) == beat_before:  # a renewal after the successor's attempt began
+            assert time.monotonic() < deadline and zombie.poll() is None, "the zombie stopped beating"
+            time.sleep(0.05)
+        assert not client.exists(successors)
+    finally:
+        code, output = finish(zombie)
+    assert code == ExitCode.SUPERSEDED, output
+    assert not client.exists(successors)
 
 
 def test_worker_settings_errors_exit_2_with_the_variable_named(cluster: Cluster) -> None:

@@ -68,6 +68,17 @@ def test_fifty_poses_complete_once_each_with_images_on_disk(cluster: Cluster, na
     assert "Started" in events and "Completed" in events
 
 
+def changed_manifest(name: str, change: dict[str, object]) -> dict[str, object]:
+    """The test manifest with fields set, or removed where the change says None."""
+    manifest = generation_manifest(name)
+    for key, value in change.items():
+        if value is None:
+            manifest["spec"].pop(key, None)
+        else:
+            manifest["spec"][key] = value
+    return manifest
+
+
 INVALID = [
     ({"projectId": ""}, "spec.projectId"),
     ({"projectId": "has spaces"}, "spec.projectId"),
@@ -85,6 +96,20 @@ INVALID = [
     ({"suspend": "yes"}, "spec.suspend"),
     ({"recovery": {"maxRecoveries": -1}}, "spec.recovery.maxRecoveries"),
     ({"recovery": {"stallTimeoutSeconds": 1}}, "spec.recovery.stallTimeoutSeconds"),
+    ({"textPrompt": "a person\x00running"}, "textPrompt must not contain control characters"),
+    ({"textPrompt": "a person\x1b[2Jrunning"}, "textPrompt must not contain control characters"),
+    ({"textPrompt": "a person\x85running"}, "textPrompt must not contain control characters"),
+    ({"textPrompt": "\u200b\u200c\u200d\u2060\ufeff"}, "textPrompt must not be blank"),
+    ({"textPrompt": " \t\n\u00a0\u3000\u2028\u3164"}, "textPrompt must not be blank"),
+    ({"poseLibraryIds": ["lib-1"]}, "poseLibraryIds is not allowed when generationType is TEXT_DESCRIPTION"),
+    (
+        {"generationType": "GALLERY_REFERENCE", "poseLibraryIds": ["lib-1"]},
+        "textPrompt is not allowed when generationType is GALLERY_REFERENCE",
+    ),
+    (
+        {"recovery": {"stallTimeoutSeconds": 600, "deadlineSeconds": 300}},
+        "recovery.deadlineSeconds must not be shorter than recovery.stallTimeoutSeconds",
+    ),
 ]
 
 
@@ -92,15 +117,29 @@ INVALID = [
 def test_invalid_manifests_are_refused_at_apply(
     cluster: Cluster, namespace: str, change: dict[str, object], message: str
 ) -> None:
-    manifest = generation_manifest("bad")
-    for key, value in change.items():
-        if value is None:
-            manifest["spec"].pop(key, None)
-        else:
-            manifest["spec"][key] = value
+    manifest = changed_manifest("bad", change)
     result = cluster.kubectl("-n", namespace, "apply", "-f", "-", stdin=json.dumps(manifest), check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"textPrompt": "a dancer\tjumping,\nthen waving"},
+        {"textPrompt": "舞者が跳ぶ \u200b"},
+        {"generationType": "GALLERY_REFERENCE", "textPrompt": None, "poseLibraryIds": ["lib-1"]},
+        {"recovery": {"stallTimeoutSeconds": 600, "deadlineSeconds": 600}},
+    ],
+    ids=["tab-and-newline", "any-script", "gallery", "deadline-equal-to-stall"],
+)
+def test_valid_manifests_pass_the_same_rules(cluster: Cluster, namespace: str, change: dict[str, object]) -> None:
+    """The rules above refuse only what they name: line breaks, any script and the edge values pass."""
+    manifest = changed_manifest("good", change)
+    result = cluster.kubectl(
+        "-n", namespace, "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(manifest), check=False
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -188,3 +227,19 @@ def test_suspend_then_resume_completes_without_redoing_poses(cluster: Cluster, n
     assert recorded == 40, "every pose was computed and recorded exactly once"
     assert "RECOVERY MODE" in worker_log(cluster, namespace, final["workerPod"])
     assert suspended["generationId"] == final["generationId"]
+
+
+def test_kubectl_wait_for_the_complete_condition(cluster: Cluster, namespace: str) -> None:
+    create_generation(cluster, namespace, "waited", variationCount=20)
+
+    result = cluster.kubectl(
+        "-n", namespace, "wait", "--for=condition=Complete", "pgen/waited", "--timeout=90s", timeout=120
+    )
+
+    assert "condition met" in result.stdout
+    status = status_of(cluster, namespace, "waited")
+    assert status["phase"] == "Completed"
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert sorted(conditions) == ["Complete", "Degraded", "Failed", "Progressing", "Suspended"]
+    assert all(c["observedGeneration"] == 1 for c in conditions.values())
+    assert (conditions["Failed"]["status"], conditions["Progressing"]["status"]) == ("False", "False")

@@ -4,10 +4,12 @@ import io
 import json
 import random
 import socket
+import struct
+import zlib
 from collections.abc import Iterator
 
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from posegen_worker.generators import (
     GALLERY_REFERENCE,
@@ -18,13 +20,21 @@ from posegen_worker.generators import (
     build_generator,
 )
 from posegen_worker.generators.embedded import skeleton_for
-from posegen_worker.generators.flux import FluxGenerator
+from posegen_worker.generators.flux import DestinationPolicy, FluxGenerator
 from tests.fakes.fake_flux import FakeFlux, Fault, http_error, reply, reply_json, stall
 
 API_KEY = "test-key-123"
 REQUEST = PoseRequest("gen-1", "proj-1", TEXT_DESCRIPTION, "a woman running on a beach", None, 42, 3)
 MAX_ATTEMPTS = 4
 BACKOFF_BASE = 0.5
+# The fake API listens on loopback over http: what production refuses unless told otherwise.
+LOOPBACK = DestinationPolicy(allow_http=True, allow_private_addresses=True)
+
+
+def same_pixels(png: bytes, expected: bytes | None) -> bool:
+    assert expected is not None
+    with Image.open(io.BytesIO(png)) as got, Image.open(io.BytesIO(expected)) as want:
+        return got.format == "PNG" and got.size == want.size and got.tobytes() == want.convert(got.mode).tobytes()
 
 
 class FakeTime:
@@ -56,7 +66,9 @@ def fake_time() -> FakeTime:
     return FakeTime()
 
 
-def make(fake: FakeFlux, fake_time: FakeTime, **overrides: float) -> FluxGenerator:
+def make(
+    fake: FakeFlux, fake_time: FakeTime, policy: DestinationPolicy = LOOPBACK, **overrides: float
+) -> FluxGenerator:
     return FluxGenerator(
         fake.base_url,
         API_KEY,
@@ -70,6 +82,7 @@ def make(fake: FakeFlux, fake_time: FakeTime, **overrides: float) -> FluxGenerat
         sleep=fake_time.sleep,
         clock=fake_time.clock,
         rng=random.Random(0),
+        policy=policy,
     )
 
 
@@ -77,7 +90,7 @@ def test_happy_path_submits_polls_and_downloads(fake: FakeFlux, fake_time: FakeT
     fake.pending_polls = 2
     result = make(fake, fake_time).generate(REQUEST)
 
-    assert result.png == fake.sample_for("task-1")
+    assert same_pixels(result.png, fake.sample_for("task-1"))
     assert Image.open(io.BytesIO(result.png)).size == (256, 256)
     assert (result.base_pose, result.keypoints) == skeleton_for(REQUEST)
     assert result.base_pose == "running"
@@ -108,7 +121,7 @@ def test_api_key_is_sent_to_the_api_but_not_to_the_image_host(fake: FakeFlux, fa
 
 
 def test_wrong_api_key_is_a_permanent_error_without_retry(fake: FakeFlux, fake_time: FakeTime) -> None:
-    generator = FluxGenerator(fake.base_url, "wrong", sleep=fake_time.sleep, clock=fake_time.clock)
+    generator = FluxGenerator(fake.base_url, "wrong", policy=LOOPBACK, sleep=fake_time.sleep, clock=fake_time.clock)
     with pytest.raises(PermanentGenerationError, match="401"):
         generator.generate(REQUEST)
     assert len(fake.requests) == 1
@@ -146,7 +159,7 @@ def test_retry_after_is_capped(fake: FakeFlux, fake_time: FakeTime) -> None:
 def test_server_errors_back_off_exponentially_with_jitter(fake: FakeFlux, fake_time: FakeTime) -> None:
     fake.script("generate", http_error(500), http_error(503), http_error(502))
     result = make(fake, fake_time).generate(REQUEST)
-    assert result.png == fake.sample_for("task-1")
+    assert same_pixels(result.png, fake.sample_for("task-1"))
     assert len(fake.calls("generate")) == 4
     assert len(fake_time.sleeps) == 3
     for attempt, delay in enumerate(fake_time.sleeps, start=1):
@@ -159,14 +172,14 @@ def test_server_errors_back_off_exponentially_with_jitter(fake: FakeFlux, fake_t
 def test_download_errors_are_retried_too(fake: FakeFlux, fake_time: FakeTime) -> None:
     fake.script("sample", http_error(503), http_error(500))
     result = make(fake, fake_time).generate(REQUEST)
-    assert result.png == fake.sample_for("task-1")
+    assert same_pixels(result.png, fake.sample_for("task-1"))
     assert len(fake.calls("sample")) == 3
 
 
 def test_read_timeout_is_retried(fake: FakeFlux, fake_time: FakeTime) -> None:
     fake.script("get_result", stall(3.0))
     result = make(fake, fake_time, timeout=0.2).generate(REQUEST)
-    assert result.png == fake.sample_for("task-1")
+    assert same_pixels(result.png, fake.sample_for("task-1"))
     assert len(fake.calls("get_result")) == 2
     assert result.metadata["retries"] == 1
 
@@ -193,7 +206,12 @@ def test_connection_refused_is_transient(fake_time: FakeTime) -> None:
         port = sock.getsockname()[1]
     # Nothing listens on the port once the socket is closed.
     generator = FluxGenerator(
-        f"http://127.0.0.1:{port}", API_KEY, max_attempts=3, sleep=fake_time.sleep, clock=fake_time.clock
+        f"http://127.0.0.1:{port}",
+        API_KEY,
+        max_attempts=3,
+        policy=LOOPBACK,
+        sleep=fake_time.sleep,
+        clock=fake_time.clock,
     )
     with pytest.raises(TransientGenerationError, match="ConnectionError"):
         generator.generate(REQUEST)
@@ -243,7 +261,7 @@ def test_a_sample_that_is_not_a_png_is_malformed(fake: FakeFlux, fake_time: Fake
     assert len(fake.calls("sample")) == 2
 
     fake.script("sample", *[reply(b"GIF89a....", content_type="image/png")] * MAX_ATTEMPTS)
-    with pytest.raises(PermanentGenerationError, match="not a PNG"):
+    with pytest.raises(PermanentGenerationError, match="not a PNG, JPEG or WebP image"):
         make(fake, fake_time).generate(REQUEST)
 
 
@@ -279,7 +297,10 @@ def test_bad_prompt_fails_before_any_request(fake: FakeFlux, fake_time: FakeTime
     assert fake.requests == []
 
 
-def test_factory_builds_flux_and_checks_its_settings(fake: FakeFlux) -> None:
+def test_factory_builds_flux_and_checks_its_settings(fake: FakeFlux, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSEGEN_FLUX_ALLOW_HTTP", "true")
+    monkeypatch.setenv("POSEGEN_FLUX_ALLOW_PRIVATE_ADDRESSES", "true")
+
     def build(url: str | None, key: str | None) -> object:
         return build_generator(
             "flux", pose_seconds=0.0, flux_url=url, flux_api_key=key, flux_timeout=2.0, flux_max_attempts=2
@@ -294,3 +315,94 @@ def test_factory_builds_flux_and_checks_its_settings(fake: FakeFlux) -> None:
         build(fake.base_url, "")
     with pytest.raises(ValueError, match="http"):
         build("ftp://example.invalid", API_KEY)
+
+
+# ---- where the generator may go, and what it keeps --------------------------------------------
+def ready(sample: str) -> Fault:
+    return reply_json({"id": "task-1", "status": "Ready", "result": {"sample": sample}})
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_https_is_required_unless_explicitly_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POSEGEN_FLUX_ALLOW_HTTP", raising=False)
+    with pytest.raises(ValueError, match="must be https"):
+        FluxGenerator("http://flux.example", API_KEY)
+    with pytest.raises(ValueError, match="must be https"):
+        DestinationPolicy(allow_private_addresses=True).check_sample("http://flux.example/s.png", "flux.example")
+    FluxGenerator("https://flux.example", API_KEY)
+
+
+def test_a_sample_on_another_host_is_refused_without_a_request(fake: FakeFlux, fake_time: FakeTime) -> None:
+    port = fake.base_url.rsplit(":", 1)[1]
+    fake.script("get_result", ready(f"http://localhost:{port}/samples/task-1.png"))
+    with pytest.raises(PermanentGenerationError, match="neither the API's host nor an allowed one"):
+        make(fake, fake_time).generate(REQUEST)
+    assert fake.calls("sample") == []
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "localhost", "169.254.169.254", "10.0.0.1", "192.168.1.1", "100.64.0.1", "[fd00::1]", "[::1]",
+     "[::ffff:127.0.0.1]", "[fe80::1]", "0.0.0.0"],
+)  # fmt: skip
+def test_samples_on_loopback_link_local_or_private_addresses_are_refused(
+    fake: FakeFlux, fake_time: FakeTime, host: str
+) -> None:
+    """Even on an allowed host: the check is made before any connection, so nothing is contacted."""
+    policy = DestinationPolicy(allow_http=True, sample_hosts=frozenset({host.strip("[]"), "localhost"}))
+    fake.script("get_result", ready(f"http://{host}:9/samples/task-1.png"))
+    with pytest.raises(PermanentGenerationError, match="non-public address"):
+        make(fake, fake_time, policy=policy).generate(REQUEST)
+    assert fake.calls("sample") == []
+
+
+def test_an_allowed_public_sample_host_passes_the_check() -> None:
+    policy = DestinationPolicy(sample_hosts=frozenset({"93.184.215.14"}))
+    policy.check_sample("https://93.184.215.14/samples/task-1.png", "api.flux.example")  # no error
+
+
+def test_sample_redirects_are_not_followed(fake: FakeFlux, fake_time: FakeTime) -> None:
+    fake.script("sample", Fault(status=302, headers=(("Location", f"{fake.base_url}/samples/task-1.png"),)))
+    with pytest.raises(PermanentGenerationError, match="302"):
+        make(fake, fake_time).generate(REQUEST)
+    assert len(fake.calls("sample")) == 1
+
+
+def test_the_image_is_reencoded_without_metadata_or_trailing_data(fake: FakeFlux, fake_time: FakeTime) -> None:
+    served = Image.new("RGB", (256, 256), (10, 20, 30))
+    metadata = PngImagePlugin.PngInfo()
+    metadata.add_text("Comment", "<script>alert(1)</script>")
+    out = io.BytesIO()
+    served.save(out, format="PNG", pnginfo=metadata)
+    polyglot = out.getvalue() + b"PK\x03\x04 trailing archive"
+    fake.script("sample", reply(polyglot, content_type="image/png"))
+    result = make(fake, fake_time).generate(REQUEST)
+    assert same_pixels(result.png, polyglot)
+    assert b"<script>" not in result.png and b"trailing" not in result.png
+    assert result.png.endswith(png_chunk(b"IEND", b""))
+
+
+def test_a_jpeg_sample_is_stored_as_png(fake: FakeFlux, fake_time: FakeTime) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 100, 0)).save(out, format="JPEG")
+    fake.script("sample", reply(out.getvalue(), content_type="image/jpeg"))
+    result = make(fake, fake_time).generate(REQUEST)
+    with Image.open(io.BytesIO(result.png)) as image:
+        assert (image.format, image.size) == ("PNG", (256, 256))
+
+
+def test_images_beyond_the_pixel_limit_are_refused(fake: FakeFlux, fake_time: FakeTime) -> None:
+    small = DestinationPolicy(allow_http=True, allow_private_addresses=True, max_pixels=256 * 256 - 1)
+    with pytest.raises(PermanentGenerationError, match="256x256, more than 65535 pixels"):
+        make(fake, fake_time, policy=small).generate(REQUEST)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(fake: FakeFlux, fake_time: FakeTime) -> None:
+    header = struct.pack(">IIBBBBB", 5000, 5000, 8, 2, 0, 0, 0)  # 25 million RGB pixels, claimed
+    bomb = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    fake.script("sample", *[reply(bomb + png_chunk(b"IEND", b""), content_type="image/png")] * MAX_ATTEMPTS)
+    with pytest.raises(PermanentGenerationError, match="5000x5000, more than 16777216 pixels"):
+        make(fake, fake_time).generate(REQUEST)

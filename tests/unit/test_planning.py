@@ -27,6 +27,7 @@ from posegen_operator.builders import RECOVER_ANNOTATION
 from posegen_operator.model import GenerationView, Reason, worker_pod_name
 from posegen_operator.observe import needs_attention, policy_of
 from posegen_operator.rules import backoff_seconds
+from posegen_operator.settings import Limits
 from tests.unit.planning_fixtures import (
     CONFIG,
     DB_NOW,
@@ -521,6 +522,17 @@ def test_a_heartbeat_seen_missing_for_less_than_a_ttl_is_no_hang() -> None:
     assert result.retry_after == pytest.approx(20)  # 30 s TTL - 10 s seen missing
 
 
+def test_silence_before_the_worker_reported_in_is_not_its_own() -> None:
+    # The attempt's pod was refused for minutes (its heartbeat missing all along); the worker
+    # has just reported in and not beaten yet.
+    view = dataclasses.replace(silent(running_for=3, seen_missing=300), row=row("a", worker_started_at=ago(1, DB_NOW)))
+
+    result = run(view)
+
+    assert result.recoveries == []
+    assert result.retry_after == pytest.approx(29)
+
+
 def test_a_heartbeat_nobody_watched_go_missing_is_no_hang() -> None:
     never_seen = dataclasses.replace(
         silent(running_for=3000, seen_missing=0), row=row("a", worker_started_at=ago(2900, DB_NOW))
@@ -613,7 +625,7 @@ def test_per_resource_max_recoveries_and_deadline_are_honoured() -> None:
 
 
 def test_policy_of_resolves_resource_overrides_over_operator_defaults() -> None:
-    defaults = types.SimpleNamespace(stall_timeout=600.0, deadline=7200.0, max_recoveries=5)
+    defaults = types.SimpleNamespace(stall_timeout=600.0, deadline=7200.0, max_recoveries=5, limits=Limits())
     body = {"spec": {"recovery": {"stallTimeoutSeconds": 30, "maxRecoveries": 1}}}
 
     resolved = policy_of(body, defaults)  # type: ignore[arg-type]
@@ -622,6 +634,34 @@ def test_policy_of_resolves_resource_overrides_over_operator_defaults() -> None:
     assert policy_of({"spec": {}}, defaults) == dataclasses.replace(  # type: ignore[arg-type]
         POLICY, stall_timeout=600.0, deadline=7200.0, max_recoveries=5
     )
+
+
+def test_policy_of_keeps_overrides_within_the_admins_limits() -> None:
+    limits = Limits(deadline=3600, max_recoveries=3, stall_timeout=300)
+    defaults = types.SimpleNamespace(stall_timeout=600.0, deadline=7200.0, max_recoveries=5, limits=limits)
+    body = {"spec": {"recovery": {"stallTimeoutSeconds": 86400, "deadlineSeconds": 604800, "maxRecoveries": 100}}}
+
+    resolved = policy_of(body, defaults)  # type: ignore[arg-type]
+
+    assert (resolved.stall_timeout, resolved.deadline, resolved.max_recoveries) == (300.0, 3600.0, 3)
+
+
+def test_one_namespace_cannot_take_every_slot() -> None:
+    crowd = [dataclasses.replace(queued(f"t{i}"), namespace="tenant-a") for i in range(4)]
+    other = dataclasses.replace(queued("o", created_at=ago(10)), namespace="tenant-b")
+    running = dataclasses.replace(steady("r"), namespace="tenant-a")
+
+    result = run(running, *crowd, other, cfg=config(max_concurrent=4, max_per_namespace=2))
+
+    started = {(s.key[0], s.key[1]) for s in of_type(result, StartWorker)}
+    assert started == {("tenant-a", "t0"), ("tenant-b", "o")}  # tenant-a had one running: one more
+    waiting = patch_of_key(result, ("tenant-a", "t1"))
+    assert waiting["phase"] == "Queued" and "in namespace tenant-a" in waiting["message"]
+
+
+def patch_of_key(result: Plan, key_: tuple[str, str]) -> dict[str, Any]:
+    (patch,) = [a.patch for a in result.actions if isinstance(a, PatchStatus) and a.key == key_]
+    return patch
 
 
 # ---- deadline, recovery limit, backoff ----------------------------------------------------------

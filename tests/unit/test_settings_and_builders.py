@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import ssl
+from pathlib import Path
 
 import pytest
 
+from posegen_devstack.pki import ensure_pki
+from posegen_operator.api import generate_allowed, ssl_context
 from posegen_operator.builders import FINALIZER, build_event, build_worker_pod
 from posegen_operator.settings import Settings, SettingsError
 from posegen_worker.settings import SettingsError as WorkerSettingsError
@@ -44,6 +48,31 @@ def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> No
         settings(**env)
 
 
+def test_credentials_are_read_from_the_files_named_by_the_file_variables(tmp_path: Path) -> None:
+    """How the chart passes them: a mounted Secret, nothing in the environment or the pod spec."""
+    for key, value in {
+        "database-url": "postgresql://f/db\n",
+        "redis-url": "redis://f/0",
+        "admin-token": "file",
+    }.items():
+        (tmp_path / key).write_text(value)
+    files = {
+        "DATABASE_URL_FILE": str(tmp_path / "database-url"),
+        "REDIS_URL_FILE": str(tmp_path / "redis-url"),
+        "POSEGEN_ADMIN_TOKEN_FILE": str(tmp_path / "admin-token"),
+        "FLUX_API_KEY_FILE": str(tmp_path / "flux-api-key"),  # an optional key the Secret lacks
+    }
+    s = Settings.from_env(files)
+    assert (s.database_url, s.redis_url, s.admin_token, s.flux_api_key) == (
+        "postgresql://f/db",
+        "redis://f/0",
+        "file",
+        None,
+    )
+    with pytest.raises(SettingsError, match="REDIS_URL must be set"):
+        Settings.from_env({**files, "REDIS_URL_FILE": str(tmp_path / "missing")})
+
+
 def test_worker_settings_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in {**BASE_ENV, "POSEGEN_GENERATION_ID": "g", "POSEGEN_OUTPUT_DIR": "/o"}.items():
         monkeypatch.setenv(key, value)
@@ -51,6 +80,19 @@ def test_worker_settings_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(WorkerSettingsError, match="POSEGEN_ATTEMPT must be a positive integer"):
         WorkerSettings.from_env()
     monkeypatch.setenv("POSEGEN_ATTEMPT", "2")
+    for name, value, message in (
+        ("DATABASE_URL", "mysql://u:secret@db/x", "DATABASE_URL must be a postgresql:// URL"),
+        ("DATABASE_URL", "not a url at all", "DATABASE_URL must be a postgresql:// URL"),
+        ("REDIS_URL", "http://r:6379", "REDIS_URL is not a Redis URL"),
+        ("POSEGEN_GENERATOR", "flux", "FLUX_API_URL and FLUX_API_KEY must be set"),
+    ):
+        with monkeypatch.context() as bad:
+            bad.setenv(name, value)
+            bad.setenv("FLUX_API_URL", "http://flux")
+            bad.delenv("FLUX_API_KEY", raising=False)
+            with pytest.raises(WorkerSettingsError, match=message) as raised:
+                WorkerSettings.from_env()
+            assert "secret" not in str(raised.value), "a password never reaches a log line"
     monkeypatch.setenv("POSEGEN_HEARTBEAT_TTL_SECONDS", "2")
     monkeypatch.setenv("POSEGEN_HEARTBEAT_INTERVAL_SECONDS", "3")
     with pytest.raises(WorkerSettingsError, match="below the heartbeat TTL"):
@@ -77,7 +119,22 @@ def test_worker_pod_is_owned_fenced_and_least_privileged() -> None:
     assert env["DATABASE_URL"] == BASE_ENV["DATABASE_URL"], "no worker Secret configured: dev mode values"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert (container["terminationMessagePath"], container["terminationMessagePolicy"]) == (
+        "/dev/termination-log",
+        "FallbackToLogsOnError",
+    ), "the worker's stated cause reaches the pod's status"
     assert spec["volumes"] == [{"name": "outputs", "persistentVolumeClaim": {"claimName": "outputs"}}]
+
+
+def test_workers_wait_out_an_unreachable_database_for_the_stall_timeout_unless_told_otherwise() -> None:
+    def retry(**env: str) -> float:
+        pod = build_worker_pod("ns", "demo", "uid-1", "gen-1", 1, settings(**env))
+        values = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        return float(values["POSEGEN_DEPENDENCY_RETRY_SECONDS"])
+
+    assert retry() == 600
+    assert retry(POSEGEN_STALL_TIMEOUT_SECONDS="120") == 120
+    assert retry(POSEGEN_STALL_TIMEOUT_SECONDS="120", POSEGEN_WORKER_DEPENDENCY_RETRY_SECONDS="45") == 45
 
 
 def test_worker_pod_takes_connection_urls_from_a_secret_when_configured() -> None:
@@ -112,3 +169,33 @@ def test_events_point_at_their_generation() -> None:
     }
     assert len(event["message"]) == 1024 and event["firstTimestamp"] == "2026-01-02T03:04:05Z"
     assert FINALIZER.startswith("posegen.io/")
+
+
+def test_the_admin_api_serves_tls_with_the_configured_certificate(tmp_path: Path) -> None:
+    pki = ensure_pki(tmp_path)
+    files = {"POSEGEN_API_TLS_CERT_FILE": str(pki.serving_cert), "POSEGEN_API_TLS_KEY_FILE": str(pki.serving_key)}
+    context = ssl_context(settings(**files))
+    assert context is not None and context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert ssl_context(settings()) is None
+    with pytest.raises(SettingsError, match="set both POSEGEN_API_TLS_CERT_FILE and POSEGEN_API_TLS_KEY_FILE"):
+        settings(POSEGEN_API_TLS_CERT_FILE=str(pki.serving_cert))
+
+
+@pytest.mark.parametrize(
+    ("patterns", "namespace", "allowed"),
+    [
+        ((), "default", True),
+        ((), "team-a", False),
+        (("team-*", "ops"), "team-a", True),
+        (("team-*", "ops"), "ops", True),
+        (("team-*", "ops"), "default", False),
+        (("team-*",), "kube-system", False),
+    ],
+)
+def test_generate_creates_only_in_the_allowlist(patterns: tuple[str, ...], namespace: str, allowed: bool) -> None:
+    assert (
+        generate_allowed(
+            settings(POSEGEN_GENERATE_NAMESPACES=",".join(patterns)).generate_namespaces, "default", namespace
+        )
+        is allowed
+    )

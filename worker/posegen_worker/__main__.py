@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from posegen_common.exit_codes import ExitCode
 from posegen_common.logs import configure_logging
+from posegen_worker import faults
 from posegen_worker.run import run
 from posegen_worker.settings import SettingsError, WorkerSettings
 
@@ -15,8 +15,10 @@ def main() -> None:
     try:
         settings = WorkerSettings.from_env()
     except SettingsError as error:
-        print(f"posegen-worker: {error}", file=sys.stderr)
-        sys.exit(ExitCode.SETTINGS)
+        # Logging is not configured yet: the line goes to stderr as it is.
+        code, cause = faults.classify(error)
+        faults.report(code, cause)
+        sys.exit(code)
     configure_logging(
         settings.log_format,
         component="worker",
@@ -24,9 +26,10 @@ def main() -> None:
     )
     try:
         code = run(settings)
-    except Exception:
+    except Exception as error:
         logging.getLogger("posegen.worker").exception("worker failed")
-        code = ExitCode.FAILED
+        code, cause = faults.classify(error)
+        faults.report(code, cause)
     sys.exit(code)
 
 

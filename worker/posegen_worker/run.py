@@ -1,12 +1,12 @@
-"""The worker's run loop: resume from the checkpoint, then for each missing pose generate it, store
-the PNG and keypoints, record the row and the progress in one fenced transaction, renew the
+"""The worker's run loop: resume from the checkpoint (repairing files a predecessor left unpublished),
+then for each missing pose generate it, stage the PNG and keypoints, record the row and the
+progress in one fenced transaction, publish the files if the row is this attempt's, renew the
 heartbeat. SIGTERM stops it after the current pose, with everything done so far recorded."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -22,23 +22,19 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from posegen_common import checkpoint
 from posegen_common.checkpoint import Checkpoint, PoseRecorded, RecordedPose, Superseded
-from posegen_common.database import create_db_engine
+from posegen_common.database import create_db_engine, is_connection_error
 from posegen_common.exit_codes import ExitCode
 from posegen_common.schema import pose_key, reference_for
-from posegen_worker.generators import (
-    GeneratedPose,
-    Generator,
-    PermanentGenerationError,
-    PoseRequest,
-    TransientGenerationError,
-    UpstreamRefusedError,
-    build_generator,
-)
+from posegen_worker import faults
+from posegen_worker.generators import GenerationError, Generator, PoseRequest, build_generator
 from posegen_worker.heartbeat import Heartbeat
+from posegen_worker.outputs import OutputError, PoseFiles
 from posegen_worker.settings import WorkerSettings
 
 log = logging.getLogger("posegen.worker")
 T = TypeVar("T")
+# Named causes that end a run with their own exit code (anything else is a crash).
+STOPPING_CAUSES = (GenerationError, faults.DependencyUnavailable, OutputError)
 
 
 class Worker:
@@ -52,14 +48,34 @@ class Worker:
         self.stop_requested = threading.Event()
 
     def run(self) -> ExitCode:
+        """Produce the missing poses; known causes of stopping are named and get their exit code."""
+        try:
+            return self._run()
+        except Superseded as superseded:
+            log.warning("superseded, writing nothing more: %s", superseded)
+            return ExitCode.SUPERSEDED
+        except STOPPING_CAUSES as error:
+            code, cause = faults.classify(error)
+            faults.report(code, cause)
+            return code
+
+    def _run(self) -> ExitCode:
         s = self.settings
         try:
-            job = self._with_database_retry(self._load)
+            job = self._ride_out_database_outage(self._load)
         except Superseded as superseded:
             log.warning("not starting: %s", superseded)
             return ExitCode.SUPERSEDED
-        spec, done = job.spec, set(job.completed_indexes)
+        spec, done = job.spec, set(job.recorded)
         total = spec.total_expected_poses
+        files = self._files(job)
+        lost = files.repair(job.recorded)
+        if lost:
+            log.error(
+                "%d recorded poses have no files and cannot be repaired (output volume lost or wiped?): %s",
+                len(lost),
+                _some(lost),
+            )
         if done:
             log.info(
                 "RECOVERY MODE: resuming generation %s at %d/%d (attempt %d), skipping %d completed poses",
@@ -80,7 +96,7 @@ class Worker:
                     return ExitCode.OK
                 if index in done:
                     continue
-                recorded = self._produce(job, index)
+                recorded = self._produce(job, files, index)
                 done.add(index)
                 heartbeat.beat(recorded.poses_completed)
                 log.info("pose %d/%d recorded (index %d)", recorded.poses_completed, total, index)
@@ -89,15 +105,6 @@ class Worker:
                     return ExitCode.OK
             log.info("generation %s completed: %d/%d poses", spec.id, len(done), total)
             return ExitCode.OK
-        except Superseded as superseded:
-            log.warning("superseded, writing nothing more: %s", superseded)
-            return ExitCode.SUPERSEDED
-        except PermanentGenerationError as error:
-            log.error("permanent failure: %s", error)
-            return ExitCode.UPSTREAM_REFUSED if isinstance(error, UpstreamRefusedError) else ExitCode.BAD_INPUT
-        except TransientGenerationError as error:
-            log.error("generator unavailable, exiting for a recovery: %s", error)
-            return ExitCode.FAILED
         finally:
             heartbeat.stop()
 
@@ -105,7 +112,11 @@ class Worker:
         with self.engine.begin() as conn:
             return checkpoint.load_checkpoint(conn, self.settings.generation_id, self.settings.attempt)
 
-    def _produce(self, job: Checkpoint, index: int) -> PoseRecorded:
+    def _files(self, job: Checkpoint) -> PoseFiles:
+        spec = job.spec
+        return PoseFiles(output_directory(self.settings.output_dir, spec.namespace, spec.name, spec.id), job.attempt)
+
+    def _produce(self, job: Checkpoint, files: PoseFiles, index: int) -> PoseRecorded:
         spec = job.spec
         reference = reference_for(spec.pose_library_ids, index)
         request = PoseRequest(
@@ -118,52 +129,67 @@ class Worker:
             index=index,
         )
         generated = self.generator.generate(request)
-        image_path = self._store(spec.namespace, spec.name, spec.id, index, generated)
+        keypoints = [asdict(k) for k in generated.keypoints]
+        document = {
+            "index": index,
+            "attempt": job.attempt,
+            "basePose": generated.base_pose,
+            "keypoints": keypoints,
+            "metadata": generated.metadata,
+        }
+        files.stage(index, {"png": generated.png, "json": json.dumps(document, indent=1).encode()})
         recorded = RecordedPose(
             index=index,
             pose_library_id=pose_key(reference, index),
-            image_path=str(image_path),
-            keypoints=[asdict(k) for k in generated.keypoints],
+            image_path=str(files.final(index, "png")),
+            keypoints=keypoints,
             base_pose=generated.base_pose,
         )
 
         def record() -> PoseRecorded:
             with self.engine.begin() as conn:
-                return checkpoint.record_pose(conn, spec.id, self.settings.attempt, recorded)
+                return checkpoint.record_pose(conn, spec.id, job.attempt, recorded)
 
-        return self._with_database_retry(record)
+        try:
+            outcome = self._ride_out_database_outage(record)
+        except BaseException:
+            files.discard(index)  # not recorded, or superseded: what is published stays another's
+            raise
+        if not outcome.ours:
+            log.warning("pose %d was already recorded by another attempt: keeping its files", index)
+            files.discard(index)
+        elif not files.publish(index, job.attempt):
+            log.error("pose %d is recorded but its staged files are gone: it has no files", index)
+        return outcome
 
-    def _store(self, namespace: str, name: str, generation_id: str, index: int, generated: GeneratedPose) -> Path:
-        """Write the PNG and its keypoints atomically; a redo after a crash rewrites identical files."""
-        directory = output_directory(self.settings.output_dir, namespace, name, generation_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        image = directory / f"pose-{index:04d}.png"
-        keypoints = directory / f"pose-{index:04d}.json"
-        document = {
-            "index": index,
-            "basePose": generated.base_pose,
-            "keypoints": [asdict(k) for k in generated.keypoints],
-            "metadata": generated.metadata,
-        }
-        for path, content in ((image, generated.png), (keypoints, json.dumps(document, indent=1).encode())):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_bytes(content)
-            os.replace(tmp, path)
-        return image
-
-    def _with_database_retry(self, operation: Callable[[], T]) -> T:
-        """Ride out a database restart: retry connection-level failures for a bounded time."""
-        deadline = time.monotonic() + self.settings.database_retry_seconds
+    def _ride_out_database_outage(self, operation: Callable[[], T]) -> T:
+        """An outage is not the generation's fault: keep this worker's place and retry with backoff
+        for up to the bound the operator sets (its stall timeout), then stop as
+        DEPENDENCY_UNAVAILABLE. Retrying is safe: a transaction either committed or did nothing,
+        and ``record_pose`` tells a pose this attempt already recorded."""
+        bound = self.settings.dependency_retry_seconds
+        down_since: float | None = None
         delay = 0.2
         while True:
             try:
-                return operation()
+                result = operation()
             except (OperationalError, DBAPIError) as error:
-                if not _is_connection_error(error) or time.monotonic() > deadline:
+                if not is_connection_error(error):
                     raise
-                log.warning("database unavailable (%s); retrying in %.1fs", type(error.orig).__name__, delay)
-                time.sleep(delay)
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    log.warning("Postgres unreachable (%s); retrying for up to %.0fs", _first_line(error), bound)
+                elif now - down_since >= bound:
+                    raise faults.DependencyUnavailable(
+                        f"Postgres unreachable for {now - down_since:.0f}s ({_first_line(error)})"
+                    ) from error
+                time.sleep(min(delay, max(0.0, down_since + bound - now)))
                 delay = min(delay * 2, 5.0)
+            else:
+                if down_since is not None:
+                    log.info("Postgres reachable again after %.0fs", time.monotonic() - down_since)
+                return result
 
 
 def output_directory(root: Path, namespace: str, name: str, generation_id: str) -> Path:
@@ -171,8 +197,14 @@ def output_directory(root: Path, namespace: str, name: str, generation_id: str) 
     return root / namespace / f"{name}-{generation_id[:8]}"
 
 
-def _is_connection_error(error: DBAPIError) -> bool:
-    return bool(error.connection_invalidated) or isinstance(error, OperationalError)
+def _some(indexes: list[int], limit: int = 20) -> str:
+    shown = ", ".join(map(str, indexes[:limit]))
+    return f"[{shown}{', …' if len(indexes) > limit else ''}]"
+
+
+def _first_line(error: DBAPIError) -> str:
+    lines = str(error.orig).strip().splitlines()
+    return lines[0] if lines else type(error.orig).__name__
 
 
 def run(settings: WorkerSettings) -> ExitCode:

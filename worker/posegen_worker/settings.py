@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from posegen_common.database import sqlalchemy_url
 
 
 class SettingsError(ValueError):
@@ -29,6 +35,24 @@ def _number(name: str, default: str, minimum: float) -> float:
     return value
 
 
+def _database_url() -> str:
+    url = _env("DATABASE_URL")
+    try:
+        backend = make_url(sqlalchemy_url(url)).get_backend_name()
+    except ArgumentError:
+        backend = None  # the parser's message would quote the URL, password included
+    if backend != "postgresql":
+        raise SettingsError("DATABASE_URL must be a postgresql:// URL")
+    return url
+
+
+def _redis_url() -> str:
+    url = _env("REDIS_URL")
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError("REDIS_URL is not a Redis URL (redis://, rediss:// or unix://)")
+    return url
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     generation_id: str
@@ -45,7 +69,7 @@ class WorkerSettings:
     flux_max_attempts: int
     heartbeat_ttl: float
     heartbeat_interval: float
-    database_retry_seconds: float
+    dependency_retry_seconds: float  # how long an unreachable Postgres is waited for
     log_format: str
 
     @classmethod
@@ -54,8 +78,9 @@ class WorkerSettings:
         if generator not in ("embedded", "flux"):
             raise SettingsError(f"POSEGEN_GENERATOR must be embedded or flux, got {generator!r}")
         flux_url = os.environ.get("FLUX_API_URL") or None
-        if generator == "flux" and flux_url is None:
-            raise SettingsError("FLUX_API_URL must be set when POSEGEN_GENERATOR=flux")
+        flux_api_key = os.environ.get("FLUX_API_KEY") or None
+        if generator == "flux" and (flux_url is None or flux_api_key is None):
+            raise SettingsError("FLUX_API_URL and FLUX_API_KEY must be set when POSEGEN_GENERATOR=flux")
         ttl = _number("POSEGEN_HEARTBEAT_TTL_SECONDS", "15", 1)
         interval = _number("POSEGEN_HEARTBEAT_INTERVAL_SECONDS", str(max(1.0, ttl / 5)), 0.1)
         if interval >= ttl:
@@ -66,18 +91,19 @@ class WorkerSettings:
         return cls(
             generation_id=_env("POSEGEN_GENERATION_ID"),
             attempt=int(attempt_raw),
-            database_url=_env("DATABASE_URL"),
-            redis_url=_env("REDIS_URL"),
+            database_url=_database_url(),
+            redis_url=_redis_url(),
             output_dir=Path(_env("POSEGEN_OUTPUT_DIR")),
             pod_name=os.environ.get("POSEGEN_POD_NAME") or os.environ.get("HOSTNAME", "worker"),
             generator=generator,
             pose_seconds=_number("POSEGEN_POSE_SECONDS", "0.6", 0),
             flux_url=flux_url,
-            flux_api_key=os.environ.get("FLUX_API_KEY") or None,
+            flux_api_key=flux_api_key,
             flux_timeout=_number("POSEGEN_FLUX_TIMEOUT_SECONDS", "30", 0.1),
             flux_max_attempts=int(_number("POSEGEN_FLUX_MAX_ATTEMPTS", "5", 1)),
             heartbeat_ttl=ttl,
             heartbeat_interval=interval,
-            database_retry_seconds=_number("POSEGEN_DATABASE_RETRY_SECONDS", "60", 0),
+            # The operator passes its stall timeout; 600 s is its default.
+            dependency_retry_seconds=_number("POSEGEN_DEPENDENCY_RETRY_SECONDS", "600", 0),
             log_format=_env("POSEGEN_LOG_FORMAT", "text"),
         )

@@ -192,7 +192,7 @@ What the operator does in the namespaces it serves, and nothing more:
   blockOwnerDeletion where the OwnerReferencesPermissionEnforcement admission plugin is on;
 - pods: the worker pods (create, watch, delete a hung or cancelled one);
 - events: the recovery story on each resource.
-No Secrets: credentials reach the operator and workers as environment variables (secretKeyRef).
+No Secrets: credentials reach the operator as mounted files (or secretKeyRef) and workers as secretKeyRef.
 */}}
 {{- define "posegen-operator.rules" -}}
 - apiGroups: ["posegen.io"]

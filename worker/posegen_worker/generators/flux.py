@@ -1,22 +1,32 @@
-"""FLUX-compatible HTTP backend: submit a prompt, poll for the result, download the PNG.
+"""FLUX-compatible HTTP backend: submit a prompt, poll for the result, download the image.
 
 Every HTTP step retries on 429, 5xx, timeouts and connection errors with capped exponential
 backoff and jitter (or the server's Retry-After), up to ``max_attempts`` per step, then raises
 TransientGenerationError. Any other non-2xx reply raises PermanentGenerationError at once.
+
+The sample URL comes from the upstream's reply, so it is not trusted: it must be https on the API's
+host (or an allowed one), must not resolve to a loopback, link-local or private address, and is
+fetched without following redirects. The image is decoded and re-encoded to PNG within a pixel
+limit, so nothing but pixels reaches the output volume.
 """
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import json
 import math
+import os
 import random
+import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from PIL import Image
 
 from posegen_worker.generators import (
     GALLERY_REFERENCE,
@@ -28,9 +38,9 @@ from posegen_worker.generators import (
 )
 from posegen_worker.generators.embedded import skeleton_for
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_JSON_BYTES = 1 << 20
 MAX_IMAGE_BYTES = 32 << 20
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 
 # Terminal task statuses of the FLUX API; anything else (Pending, Queued, ...) means "poll again".
 _REFUSED_STATUSES = frozenset({"Request Moderated", "Content Moderated"})
@@ -68,10 +78,71 @@ def _task_id(body: bytes) -> str:
     return task_id
 
 
-def _png(body: bytes) -> bytes:
-    if not body.startswith(PNG_SIGNATURE):
-        raise _MalformedReplyError(f"sample is not a PNG (starts with {body[:8]!r})")
-    return body
+@dataclass(frozen=True)
+class DestinationPolicy:
+    """Where the generator may send requests. The defaults are the safe ones; the local stack and the
+    tests (a fake API on loopback, over http) relax them explicitly."""
+
+    allow_http: bool = False
+    allow_private_addresses: bool = False
+    sample_hosts: frozenset[str] = field(default_factory=frozenset)  # besides the API's own host
+    max_pixels: int = 4096 * 4096
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> DestinationPolicy:
+        def flag(name: str) -> bool:
+            return environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+        hosts = environ.get("POSEGEN_FLUX_SAMPLE_HOSTS", "")
+        return cls(
+            allow_http=flag("POSEGEN_FLUX_ALLOW_HTTP"),
+            allow_private_addresses=flag("POSEGEN_FLUX_ALLOW_PRIVATE_ADDRESSES"),
+            sample_hosts=frozenset(h.strip().lower() for h in hosts.split(",") if h.strip()),
+            max_pixels=int(environ.get("POSEGEN_FLUX_MAX_PIXELS") or cls.max_pixels),
+        )
+
+    def check_scheme(self, url: str) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme != "https" and not (self.allow_http and scheme == "http"):
+            allowed = "https or http" if self.allow_http else "https (http only when explicitly allowed)"
+            raise ValueError(f"FLUX URL {url!r} must be {allowed}")
+
+    def check_sample(self, url: str, api_host: str) -> None:
+        """ValueError unless ``url`` may be fetched; no request is made to a refused one."""
+        self.check_scheme(url)
+        host = (urlsplit(url).hostname or "").lower()
+        if host != api_host and host not in self.sample_hosts:
+            raise ValueError(f"sample host {host!r} is neither the API's host nor an allowed one")
+        if self.allow_private_addresses:
+            return
+        try:
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+        except OSError as error:
+            raise ValueError(f"sample host {host!r} does not resolve: {error}") from error
+        for address in addresses:
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if not ip.is_global or ip.is_multicast:
+                raise ValueError(f"sample host {host!r} resolves to a non-public address ({ip})")
+
+
+def _reencoded(body: bytes, max_pixels: int) -> bytes:
+    """The image's pixels as a fresh PNG: no metadata, trailing data or other format survives."""
+    try:
+        with Image.open(io.BytesIO(body), formats=IMAGE_FORMATS) as image:
+            width, height = image.size  # read from the header, before any pixel is decoded
+            if width * height > max_pixels:
+                raise _MalformedReplyError(f"sample is {width}x{height}, more than {max_pixels} pixels")
+            image.load()
+            pixels = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    except _MalformedReplyError:
+        raise
+    except Exception as exc:  # Pillow raises many kinds for undecodable or truncated data
+        raise _MalformedReplyError(f"sample is not a PNG, JPEG or WebP image ({type(exc).__name__})") from exc
+    out = io.BytesIO()
+    pixels.save(out, format="PNG")
+    return out.getvalue()
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:
@@ -135,13 +206,15 @@ class FluxGenerator:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         retry_after_max: float = 60.0,
+        policy: DestinationPolicy | None = None,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        if urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"FLUX base URL must be http(s), got {base_url!r}")
+        # Until the worker's settings carry it, the policy comes from the worker's environment.
+        self._policy = policy or DestinationPolicy.from_env(os.environ)
+        self._policy.check_scheme(base_url)
         if timeout <= 0 or connect_timeout <= 0:
             raise ValueError("FLUX timeouts must be positive")
         if max_attempts < 1:
@@ -149,6 +222,7 @@ class FluxGenerator:
         if image_size < 256 or image_size % 32:
             raise ValueError(f"FLUX image size must be a multiple of 32 and >= 256, got {image_size}")
         self._base_url = base_url.rstrip("/")
+        self._api_host = (urlsplit(base_url).hostname or "").lower()
         self._api_key = api_key
         self._timeout = (min(connect_timeout, timeout), timeout)
         self._max_attempts = max_attempts
@@ -182,7 +256,7 @@ class FluxGenerator:
             },
         )
         sample_url = self._await_sample(task_id, counters)
-        png = self._call("download", "GET", sample_url, _png, counters, authenticated=False)
+        png = self._call("download", "GET", sample_url, self._image, counters, authenticated=False)
         return GeneratedPose(
             png=png,
             keypoints=keypoints,
@@ -234,9 +308,14 @@ class FluxGenerator:
         if not isinstance(sample, str) or not sample:
             raise _MalformedReplyError("Ready poll reply has no string 'result.sample'")
         url = urljoin(f"{self._base_url}/", sample)
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise _MalformedReplyError(f"sample URL {sample!r} is not http(s)")
+        try:
+            self._policy.check_sample(url, self._api_host)
+        except ValueError as error:
+            raise PermanentGenerationError(f"FLUX sample URL refused: {error}") from error
         return status, url
+
+    def _image(self, body: bytes) -> bytes:
+        return _reencoded(body, self._policy.max_pixels)
 
     def _backoff(self, attempt: int) -> float:
         # Equal jitter: never shorter than half the exponential step, so backoff still grows.
@@ -256,8 +335,8 @@ class FluxGenerator:
         authenticated: bool = True,
     ) -> T:
         """One HTTP step with retries; ``parse`` turns a 2xx body into the result (or rejects it)."""
-        # The key goes to the API only, never to the (often third-party) image host, and API
-        # redirects are refused so that a redirect cannot carry the key elsewhere either.
+        # The key goes to the API only, never to the (often third-party) image host, and no
+        # redirect is followed: it could carry the key, or the download, anywhere.
         headers = {"x-key": self._api_key, "accept": "application/json"} if authenticated else {}
         limit = MAX_JSON_BYTES if authenticated else MAX_IMAGE_BYTES
         failure = ""
@@ -274,7 +353,7 @@ class FluxGenerator:
                     headers=headers,
                     timeout=self._timeout,
                     stream=True,
-                    allow_redirects=not authenticated,
+                    allow_redirects=False,
                 ) as response:
                     status = response.status_code
                     if status == 429 or status >= 500:

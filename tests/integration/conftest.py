@@ -1,0 +1,23 @@
+"""The integration tier's shared fixture: a database engine for tests that drive workers directly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+
+from posegen_common.database import create_db_engine, migrate
+from tests.harness import Cluster
+
+
+@pytest.fixture(scope="module")
+def engine(cluster: Cluster) -> Iterator[Engine]:
+    """Rows made here have no PoseGeneration: the operator would rightly cancel them as orphans,
+    so it is stopped for the module."""
+    cluster.stack.stop_operator()
+    migrate(cluster.stack.database_url)
+    engine = create_db_engine(cluster.stack.database_url, application_name="test", pool_size=2)
+    yield engine
+    engine.dispose()
+    cluster.stack.start_operator()
