@@ -35,13 +35,13 @@ def _provenance(figure: Figure, document: Document) -> None:
     figure.text(
         0.01,
         0.01,
-        f"made by: {document['command']}  ·  {document['started_at'][:16].replace('T', ' ')} UTC  ·  "
-        f"code {machine['code']}  ·  {machine['cpus']} cores, machine {shared} "
-        f"(load {machine['loadavg_start']}, busy {machine.get('machine_cpu_busy_percent', 0):.0f} %)",
+        f"made by: {document['command']}\n{document['started_at'][:16].replace('T', ' ')} UTC, "
+        f"code {machine['code']}; {machine['cpus']} cores {shared} "
+        f"(load {machine['loadavg_start'].split()[0]}, busy {machine.get('machine_cpu_busy_percent', 0):.0f} %)",
         fontsize=7,
         color="dimgray",
     )
-    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
 
 
 def _ecdf(axes: Axes, values: Sequence[float], label: str, **style: Any) -> None:
@@ -67,7 +67,7 @@ def crash_resume(document: Document) -> Figure:
     axes.set_title("Crash → resume latency (target p99 ≤ 10 s)")
     axes.set_xlim(left=0)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="best")
     _provenance(figure, document)
     return figure
 
