@@ -164,7 +164,7 @@ def foreign_pods(document: Document) -> Figure:
     figure, (cpu, rss) = _figure(columns=2)
     figures = document["figures"]
     samples = figures["samples"]
-    step = 10  # CPU as a rate over 10 samples (5 s)
+    step = 60  # CPU as a rate over 60 samples (30 s): /proc counts in 10 ms ticks
     times = [samples[i][0] for i in range(step, len(samples))]
     rates = [
         100 * (samples[i][1] - samples[i - step][1]) / (samples[i][0] - samples[i - step][0])
@@ -173,14 +173,15 @@ def foreign_pods(document: Document) -> Figure:
     cpu.plot(times, rates, linewidth=1)
     rss.plot([s[0] for s in samples], [s[2] for s in samples], linewidth=1)
     rss.set_ylim(0, 1.15 * max(s[2] for s in samples))
-    for axes, unit in ((cpu, "operator CPU, % of one core (5 s rate)"), (rss, "operator RSS, MiB")):
+    for axes, unit in ((cpu, "operator CPU, % of one core (30 s rate)"), (rss, "operator RSS, MiB")):
         axes.axvspan(figures["churn_started_at"], figures["churn_ended_at"], color="orange", alpha=0.2)
         axes.set_xlabel("seconds (shaded: foreign pods created, relabelled twice, deleted)")
         axes.set_ylabel(unit)
         axes.grid(alpha=0.3)
     cpu.set_ylim(bottom=0)
     cpu.set_title(f"{figures['foreign_pods']:,} pods not ours: CPU x{figures['cpu_ratio']:.2f} of quiet")
-    rss.set_title(f"RSS {figures['rss_mib_delta']:+.1f} MiB while they churned")
+    before, during, after = (w["rss_mib_max"] for w in figures["windows"])
+    rss.set_title(f"RSS {max(during, after) - before:+.1f} MiB from the churn on")
     _provenance(figure, document)
     return figure
 
