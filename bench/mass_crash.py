@@ -198,6 +198,12 @@ def scenario(bench: BenchStack, count: int, pose_seconds: float, restart_operato
         "operator_restart": restart,
         "resume": stats,
         "phases": phases,
+        # Raw seconds after the kill, for the timeline plot (bench/plots.py).
+        "samples": {
+            "old pod reported Failed": sorted(reported),
+            "replacement pod created": sorted(replaced),
+            "first pose of the new attempt": latencies,
+        },
         "all_resumed_seconds": stats["max"],
         "lost": ledger.lost,
         "duplicated": ledger.duplicated,

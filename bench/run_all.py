@@ -3,7 +3,7 @@
 Each benchmark runs as its own process (``python -m bench.<name> --quick|--full``) with a time
 limit, starts and stops its own stack, and writes bench/results/<name>.json; a failing one is
 reported and the rest still run. The summary goes to the console and to
-bench/results/summary.json. ``--only`` picks some of them.
+bench/results/summary.json, the plots to docs/img/ (bench/plots.py). ``--only`` picks some of them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import plots
 from bench.common import PYTHON, RESULTS_DIR, machine_info, print_table
 
 # name -> time limit in seconds (quick); the full counts get three times as long.
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, float] = {
     "sweep_cost": 1200,
     "checkpoint_overhead": 600,
     "admission": 900,
+    "foreign_pods": 900,
 }
 
 
@@ -89,6 +91,15 @@ def _admission(d: dict[str, Any]) -> str:
     )
 
 
+def _foreign(d: dict[str, Any]) -> str:
+    f = d["figures"]
+    return (
+        f"{f['foreign_pods']:,} foreign pods created, relabelled twice, deleted: operator CPU "
+        f"{f['cpu_percent_churn']:.2f} % of a core vs {f['cpu_percent_quiet']:.2f} % quiet (x{f['cpu_ratio']:.2f}), "
+        f"RSS {f['rss_mib_delta']:+.1f} MiB"
+    )
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "crash_resume": _crash,
     "hang": _hang,
@@ -97,6 +108,7 @@ HEADLINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "sweep_cost": _sweep,
     "checkpoint_overhead": _checkpoint,
     "admission": _admission,
+    "foreign_pods": _foreign,
 }
 
 
@@ -185,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     summary = {"mode": args.mode, "minutes": total / 60, "machine": machine_info(), "benchmarks": entries}
     (RESULTS_DIR / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print()
+    plots.main([])  # docs/img/*.png from the results just written (and any older ones still there)
     return 0 if all(e["status"] == "ok" for e in entries) else 1
 
 

@@ -93,12 +93,15 @@ class ObjectCache:
                     if not self._pods_by_owner.get(owner):
                         self._pods_by_owner.pop(owner, None)
 
-    def replace(self, kind: str, bodies: Iterable[Body], listed_at: int) -> None:
+    def replace(self, kind: str, bodies: Iterable[Body], listed_at: int, namespace: str | None = None) -> None:
         """Merge a list taken at resourceVersion ``listed_at``: the list wins over older cached
-        versions and drops what it no longer holds, unless the watch has seen it since."""
+        versions and drops what it no longer holds, unless the watch has seen it since. A list of
+        one ``namespace`` leaves the other namespaces' objects, and every tombstone, alone."""
         with self._lock:
             cached, deleted = self._objects[kind], self._deleted[kind]
             merged: dict[str, Body] = {}
+            if namespace is not None:
+                merged = {uid: body for uid, body in cached.items() if body["metadata"].get("namespace") != namespace}
             for body in bodies:
                 uid = body["metadata"]["uid"]
                 if deleted.get(uid, 0) > listed_at:
@@ -110,7 +113,8 @@ class ObjectCache:
                 if uid not in merged and _resource_version(current) > listed_at:
                     merged[uid] = current  # created after the list was taken
             self._objects[kind] = merged
-            self._deleted[kind] = {uid: at for uid, at in deleted.items() if at > listed_at}
+            if namespace is None:
+                self._deleted[kind] = {uid: at for uid, at in deleted.items() if at > listed_at}
             if kind == "pods":
                 self._pods_by_owner = {}
                 for uid, pod in merged.items():

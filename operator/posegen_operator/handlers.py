@@ -1,7 +1,9 @@
 """kopf glue, and nothing else: each handler is one line into the typed modules.
 
 Only event handlers are used: they feed the controller's cache and wake it. kopf keeps no state
-on our objects (no progress annotations); the controller decides from observed state alone."""
+on our objects (no progress annotations); the controller decides from observed state alone.
+Worker pods are not watched through kopf, whose label filter runs on the client (every pod in the
+served namespaces would be listed, watched and decoded): see pod_watch.py."""
 
 from __future__ import annotations
 
@@ -10,12 +12,11 @@ from typing import Any, cast
 
 import kopf
 
-from posegen_operator.builders import GROUP, MANAGED_BY, PLURAL, VERSION
+from posegen_operator.builders import GROUP, PLURAL, VERSION
 from posegen_operator.observe import needs_attention
 from posegen_operator.runtime import Runtime
 
 KOPF_FINALIZER = "posegen.io/kopf"
-WORKER_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "worker"}
 
 
 @kopf.on.startup()
@@ -35,12 +36,19 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def generation_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    observe(memo, "generations", event)
-
-
-@kopf.on.event("", "v1", "pods", labels=WORKER_LABELS)
-def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    observe(memo, "pods", event)
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
+        return
+    body = cast(dict[str, Any], event["object"])
+    cache = runtime.controller.cache
+    if event["type"] == "DELETED":
+        cache.remove("generations", body)
+        return
+    cache.upsert("generations", body)
+    # Only if it has something to do: a re-list brings thousands of finished ones, and a deleted
+    # one was seen deleting, thanks to our finalizer.
+    if needs_attention(body, cache.has_pods(body["metadata"]["uid"])):
+        runtime.controller.notify()
 
 
 @kopf.on.probe(id="controller")
@@ -50,24 +58,6 @@ def controller_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     if not controller.alive():
         raise kopf.PermanentError("the controller loop has not come round for several sweeps")
     return {"leader": controller.elector.is_leader, "lastPassOk": controller.last_pass_ok}
-
-
-def observe(memo: kopf.Memo, kind: str, event: kopf.RawEvent) -> None:
-    runtime: Runtime | None = memo.get("runtime")
-    if runtime is None:
-        return
-    body = cast(dict[str, Any], event["object"])
-    cache = runtime.controller.cache
-    if event["type"] == "DELETED":
-        cache.remove(kind, body)
-    else:
-        cache.upsert(kind, body)
-    # A pod coming or going always matters; a generation only if it has something to do (a re-list
-    # brings thousands of finished ones; a deleted one was seen deleting, thanks to our finalizer).
-    if kind == "pods" or (
-        event["type"] != "DELETED" and needs_attention(body, cache.has_pods(body["metadata"]["uid"]))
-    ):
-        runtime.controller.notify()
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:

@@ -19,6 +19,7 @@ from posegen_operator.controller import Controller
 from posegen_operator.expiry import HeartbeatExpiryWatcher
 from posegen_operator.leader import LeaderElector
 from posegen_operator.metrics import Metrics
+from posegen_operator.pod_watch import PodWatch
 from posegen_operator.settings import Settings
 
 log = logging.getLogger("posegen.operator")
@@ -44,6 +45,7 @@ class Runtime:
     metrics: Metrics
     controller: Controller
     expiry: HeartbeatExpiryWatcher
+    pods: PodWatch
     runner: web.AppRunner | None = None
 
     @classmethod
@@ -66,7 +68,10 @@ class Runtime:
         controller = Controller(settings, api, engine, redis_client, metrics, elector)
         # A heartbeat that expires wakes the controller at once (the pass decides if it is a hang).
         expiry = HeartbeatExpiryWatcher(redis_client, controller.heartbeat_expired)
-        return cls(settings, engine, redis_client, api, metrics, controller, expiry)
+        # Its own client: each open watch holds a connection, which the acting threads' pool is not
+        # sized for.
+        pods = PodWatch(kubernetes_client(), settings.namespaces, controller.cache, controller.notify)
+        return cls(settings, engine, redis_client, api, metrics, controller, expiry, pods)
 
     async def start(self) -> None:
         if self.settings.migrate_on_start:
@@ -94,11 +99,13 @@ class Runtime:
             self.settings.api_port,
             self.settings.metrics_port,
         )
+        self.pods.start()
         self.controller.start()
         self.expiry.start()
 
     async def stop(self) -> None:
         self.expiry.stop()
+        await asyncio.to_thread(self.pods.stop)
         await asyncio.to_thread(self.controller.stop)
         if self.runner is not None:
             await self.runner.cleanup()

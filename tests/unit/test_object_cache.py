@@ -124,3 +124,14 @@ def test_a_pod_belongs_only_to_its_controlling_posegeneration() -> None:
     cache.upsert("pods", obj("p2", 1, ("g1",)))
 
     assert [p["metadata"]["uid"] for p in cache.pods_of("g1")] == ["p2"]
+
+
+def test_a_relist_of_one_namespace_leaves_the_others_alone() -> None:
+    cache = ObjectCache()
+    cache.upsert("pods", obj("a-gone", 5, namespace="a"))
+    cache.upsert("pods", obj("b-kept", 5, namespace="b"))
+    cache.remove("pods", obj("b-deleted", 6, namespace="b"))  # a tombstone another list may need
+    cache.replace("pods", [obj("a-new", 7, namespace="a")], listed_at=11, namespace="a")
+    assert sorted(p["metadata"]["uid"] for p in cache.pods()) == ["a-new", "b-kept"]
+    cache.replace("pods", [obj("b-deleted", 4, namespace="b"), obj("b-kept", 5, namespace="b")], listed_at=5)
+    assert "b-deleted" not in [p["metadata"]["uid"] for p in cache.pods()], "still known as deleted"
