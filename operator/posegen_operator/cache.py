@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
 from posegen_operator.builders import GROUP, KIND
 
 Body = dict[str, Any]
+TOMBSTONE_SECONDS = 600.0  # far longer than a list takes
 
 
 def _resource_version(body: Body) -> int:
@@ -68,6 +70,7 @@ class ObjectCache:
         self._lock = threading.Lock()
         self._objects: dict[str, dict[str, Body]] = {"generations": {}, "pods": {}}
         self._deleted: dict[str, dict[str, int]] = {"generations": {}, "pods": {}}  # uid -> version deleted at
+        self._deleted_at: dict[str, float] = {}  # uid -> monotonic time of its deletion
         self._pods_by_owner: dict[str, set[str]] = {}  # owner uid -> pod uids
 
     def upsert(self, kind: str, body: Body) -> None:
@@ -86,6 +89,7 @@ class ObjectCache:
         uid = body["metadata"]["uid"]
         with self._lock:
             self._deleted[kind][uid] = _resource_version(body)
+            self._deleted_at[uid] = time.monotonic()
             gone = self._objects[kind].pop(uid, None)
             if kind == "pods" and gone is not None:
                 for owner in _owners(gone):
@@ -114,7 +118,13 @@ class ObjectCache:
                     merged[uid] = current  # created after the list was taken
             self._objects[kind] = merged
             if namespace is None:
-                self._deleted[kind] = {uid: at for uid, at in deleted.items() if at > listed_at}
+                # Tombstones the list has caught up with go, but only once no other list taken
+                # earlier (two listers: the re-list and the pod informer) can still be merging.
+                horizon = time.monotonic() - TOMBSTONE_SECONDS
+                kept = {uid: at for uid, at in deleted.items() if at > listed_at or self._deleted_at[uid] > horizon}
+                for uid in deleted.keys() - kept.keys():
+                    del self._deleted_at[uid]
+                self._deleted[kind] = kept
             if kind == "pods":
                 self._pods_by_owner = {}
                 for uid, pod in merged.items():

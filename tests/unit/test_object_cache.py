@@ -135,3 +135,16 @@ def test_a_relist_of_one_namespace_leaves_the_others_alone() -> None:
     assert sorted(p["metadata"]["uid"] for p in cache.pods()) == ["a-new", "b-kept"]
     cache.replace("pods", [obj("b-deleted", 4, namespace="b"), obj("b-kept", 5, namespace="b")], listed_at=5)
     assert "b-deleted" not in [p["metadata"]["uid"] for p in cache.pods()], "still known as deleted"
+
+
+def test_a_list_taken_earlier_never_resurrects_a_pod_a_later_list_saw_deleted() -> None:
+    # Two listers (the re-list and the pod informer) interleave: the informer's list at 200 lands
+    # first, then the re-list's, taken at 150 while the pod still existed.
+    cache = ObjectCache()
+    cache.upsert("pods", obj("p1", 120, ("g1",)))
+    cache.remove("pods", obj("p1", 180, ("g1",)))
+    cache.replace("pods", [], listed_at=200)
+
+    cache.replace("pods", [obj("p1", 120, ("g1",))], listed_at=150)
+
+    assert cache.pods_of("g1") == []
