@@ -116,7 +116,12 @@ def test_a_wrong_image_tag_is_named_at_once_not_after_the_deadline(
 
 
 @pytest.mark.no_worker_secret
-def test_a_missing_worker_secret_is_named_at_once(real_cluster: Cluster, real_namespace: str) -> None:
+def test_a_missing_worker_secret_is_named_at_once(
+    real_cluster: Cluster, real_namespace: str, operator_with: Any
+) -> None:
+    # Without minted credentials workers read their database and Redis URLs from the worker Secret
+    # (with them, that Secret holds only the optional FLUX key, and its absence stops nothing).
+    operator_with(POSEGEN_WORKER_CREDENTIAL_KEY="")
     create_generation(real_cluster, real_namespace, "nosecret", variationCount=5)
     status = wait_for_status(
         real_cluster,
