@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := postgresql redis-server prometheus containerd runc containern
 PYTEST_ARGS ?=
 
 .PHONY: help venv system-deps binaries up down status images demo test test-unit test-integration test-e2e \
-        lint typecheck format bench bench-full clean
+        lint typecheck format bench bench-full soak clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -79,3 +79,10 @@ bench: venv system-deps binaries ## quick benchmarks and fault figures (minutes)
 
 bench-full: venv system-deps binaries ## the same at full counts (about an hour or more on 2 cores)
 	$(PY) -m bench.run_all --full
+
+# ---- randomized fault soak (docs/RELIABILITY.md): its own stack too; exits non-zero on a failed ledger --
+MINUTES ?= 5
+SEED ?=
+SOAK_ARGS ?=
+soak: venv system-deps binaries ## random faults under load for MINUTES (5), SEED=n to repeat one; bench/results/soak.json
+	$(PY) -m bench.soak --minutes $(MINUTES) $(if $(SEED),--seed $(SEED)) $(SOAK_ARGS)

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.common import (
-    SEED_DUPLICATE_QUERY,
     BenchStack,
     Recorder,
     Report,
@@ -39,6 +38,7 @@ from bench.common import (
     process_rss_mib,
     summary,
 )
+from bench.ledger import audit
 from posegen_devstack.processes import wait_for
 
 NAME = "mass_crash"
@@ -180,29 +180,11 @@ def scenario(bench: BenchStack, count: int, pose_seconds: float, restart_operato
         )
 
     wait_for(completed, timeout=poses * pose_seconds + 120 + 5 * count, interval=1, what=f"all {count} to complete")
-    ledger = bench.sql(
-        "SELECT g.id, g.total_expected_poses, g.poses_completed, g.status, g.recoveries, g.last_recovery_reason, "
-        "count(p.id), count(DISTINCT p.pose_index), coalesce(min(p.pose_index), -1), coalesce(max(p.pose_index), -1) "
-        "FROM pose_generation g LEFT JOIN generated_pose p ON p.generation_id = g.id WHERE g.namespace = %s "
-        "GROUP BY g.id",
-        namespace,
-    )
-    lost = sum(total - distinct for _, total, _, _, _, _, _, distinct, _, _ in ledger)
-    duplicated = sum(rows_ - distinct for *_, rows_, distinct, _, _ in ledger)
-    wrong = [
-        gid
-        for gid, total, completed_, status, _, _, rows_, distinct, low, high in ledger
-        if not (status == "completed" and completed_ == total == rows_ == distinct and low == 0 and high == total - 1)
-    ]
-    recoveries: dict[str, int] = {}
-    for *_, count_recoveries, reason, _, _, _, _ in ledger:
-        key = f"{count_recoveries}x {reason}"
-        recoveries[key] = recoveries.get(key, 0) + 1
-    duplicates = bench.sql(SEED_DUPLICATE_QUERY)
+    ledger = audit(bench, [namespace])
     print(
-        f"ledger: {len(ledger)} generations, {sum(r[6] for r in ledger)} pose rows, lost {lost}, duplicated "
-        f"{duplicated}, generations not exactly once {len(wrong)}, seed duplicate query rows {len(duplicates)}; "
-        f"recoveries {recoveries}",
+        f"ledger: {len(ledger.generations)} generations, {ledger.pose_rows} pose rows, lost {ledger.lost}, "
+        f"duplicated {ledger.duplicated}, generations not exactly once {ledger.inexact}, seed duplicate query rows "
+        f"{ledger.seed_duplicates}; recoveries {ledger.recoveries()}",
         flush=True,
     )
     bench.delete_namespace(namespace, timeout=300)
@@ -217,11 +199,11 @@ def scenario(bench: BenchStack, count: int, pose_seconds: float, restart_operato
         "resume": stats,
         "phases": phases,
         "all_resumed_seconds": stats["max"],
-        "lost": lost,
-        "duplicated": duplicated,
-        "not_exactly_once": len(wrong),
-        "seed_duplicates": len(duplicates),
-        "recoveries": recoveries,
+        "lost": ledger.lost,
+        "duplicated": ledger.duplicated,
+        "not_exactly_once": ledger.inexact,
+        "seed_duplicates": ledger.seed_duplicates,
+        "recoveries": ledger.recoveries(),
     }
 
 

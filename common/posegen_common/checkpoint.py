@@ -374,13 +374,7 @@ def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: Re
         .on_conflict_do_nothing()
         .returning(pose.c.id)
     ).scalar_one_or_none()
-    recorder = (
-        attempt
-        if inserted is not None
-        else conn.scalar(
-            select(pose.c.attempt).where(pose.c.generation_id == generation_id, pose.c.pose_index == recorded.index)
-        )
-    )
+    recorder = attempt if inserted is not None else pose_recorder(conn, generation_id, recorded.index)
     completed = int(current.poses_completed) + (1 if inserted is not None else 0)
     finished = completed >= current.total_expected_poses
     values: dict[str, Any] = {"poses_completed": completed, "last_pose_at": func.now()}
@@ -389,6 +383,11 @@ def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: Re
     conn.execute(update(generation).where(generation.c.id == generation_id).values(**values))
     keep_going = current.status == GenerationStatus.PROCESSING and not finished
     return PoseRecorded(completed, keep_going=keep_going, ours=recorder == attempt)
+
+
+def pose_recorder(conn: Connection, generation_id: str, index: int) -> int | None:
+    """The attempt whose row recorded pose ``index`` (its files are that attempt's), if any."""
+    return conn.scalar(select(pose.c.attempt).where(pose.c.generation_id == generation_id, pose.c.pose_index == index))
 
 
 def seed_duplicates(conn: Connection) -> Sequence[Any]:

@@ -99,6 +99,8 @@ class PoseGenerationRow(Base):
             postgresql_include=["started_at", "last_pose_at"],
             postgresql_where=text("status IN ('queued', 'processing')"),
         ),
+        # The health check's failed count (migration 0005).
+        Index("ix_pose_generation_failed", "status", postgresql_where=text("status = 'failed'")),
         Index("ix_pose_generation_change_xid", "change_xid"),
         Index("ix_pose_generation_namespace_name", "namespace", "name"),
     )

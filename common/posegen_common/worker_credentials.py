@@ -56,12 +56,26 @@ def redis_user_prefix(generation_id: str) -> str:
     return f"pgw_{hashlib.md5(generation_id.encode()).hexdigest()[:20]}_"
 
 
+def attempt_password(key: bytes, generation_id: str, attempt: int) -> str:
+    """The attempt's password, derived from the operator's key: minting the same attempt again (a
+    retried pod create, a Redis that lost its ACL users) gives the running worker's password back."""
+    digest = hmac.new(key, f"{generation_id}:{attempt}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
 def mint(
-    conn: Connection, client: redis.Redis, database_url: str, redis_url: str, generation_id: str, attempt: int
+    conn: Connection,
+    client: redis.Redis,
+    database_url: str,
+    redis_url: str,
+    generation_id: str,
+    attempt: int,
+    *,
+    key: bytes,
 ) -> WorkerCredentials:
-    """New credentials for ``attempt`` (committed with the caller's transaction for Postgres; the
-    Redis user exists at once). Earlier attempts' credentials stop working."""
-    password = secrets.token_urlsafe(32)
+    """Credentials for ``attempt`` (the Postgres role is committed with the caller's transaction;
+    the Redis user exists at once). Earlier attempts' credentials stop working."""
+    password = attempt_password(key, generation_id, attempt)
     role = conn.execute(
         text("SELECT posegen_mint_worker(:generation, :attempt, :verifier)"),
         {"generation": generation_id, "attempt": attempt, "verifier": scram_verifier(password)},

@@ -48,6 +48,7 @@ class Stack(Layout):
         super().__init__(state_dir)
         self.operator_env = dict(operator_env or {})
         self.want_kubelet = kubelet
+        self.with_kubelet = False  # whether `up` started the kubelet node
 
     # ---- up / down / status --------------------------------------------------------------------
     def up(self) -> None:
@@ -64,8 +65,8 @@ class Stack(Layout):
         services.start_postgres(self)
         services.start_redis(self)
         services.start_prometheus(self)
-        with_kubelet = self.start_kubelet_node()
-        self._start_process_node(tainted=with_kubelet)
+        self.with_kubelet = self.start_kubelet_node()
+        self.start_process_node()
         self.apply_crds()
         self._write_env()
         if not chart_install.marker(self).exists():
@@ -96,6 +97,7 @@ class Stack(Layout):
             "redis": services.start_redis,
             "kube-apiserver": control_plane.start_apiserver,
             "kubelet": kubelet_node.start_kubelet,
+            "node": Stack.start_process_node,
         }
         self.stop_component(name)
         time.sleep(down_seconds)
@@ -121,9 +123,10 @@ class Stack(Layout):
         kubelet_node.start(self)
         return True
 
-    def _start_process_node(self, *, tainted: bool) -> None:
+    def start_process_node(self) -> None:
+        """The process node; tainted (only what tolerates it runs there) beside a kubelet node."""
         argv = [sys.executable, "-m", "posegen_devstack", "node", "--state-dir", str(self.state_dir)]
-        self.start("node", argv + (["--tainted"] if tainted else []))
+        self.start("node", argv + (["--tainted"] if self.with_kubelet else []))
         wait_until(
             lambda: control_plane.node_ready(self, NODE_NAME), timeout=60, what="process node", log=self.log("node")
         )

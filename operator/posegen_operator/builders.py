@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import kopf
 
+from posegen_common.worker_credentials import WorkerCredentials
 from posegen_operator.model import worker_pod_name
 from posegen_operator.settings import Settings
 
@@ -33,11 +34,22 @@ def owner_of(namespace: str, name: str, uid: str) -> dict[str, Any]:
     }
 
 
+def _secret_env(secret: str, var: str, key: str, *, optional: bool = False) -> dict[str, Any]:
+    return {"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
+
+
 def build_worker_pod(
-    namespace: str, name: str, uid: str, generation_id: str, attempt: int, settings: Settings
+    namespace: str,
+    name: str,
+    uid: str,
+    generation_id: str,
+    attempt: int,
+    settings: Settings,
+    credentials: WorkerCredentials | None = None,
 ) -> dict[str, Any]:
     """The worker pod of one attempt: owned by its PoseGeneration, restarted only by the operator
-    (restartPolicy Never: a new attempt, never a silent in-place restart), least privilege."""
+    (restartPolicy Never: a new attempt, never a silent in-place restart), least privilege. With
+    ``credentials`` (minted for this attempt) the worker connects with those and nothing else."""
     worker = settings.worker
     pod_name = worker_pod_name(name, attempt)
     env: list[dict[str, Any]] = [
@@ -53,26 +65,32 @@ def build_worker_pod(
         {"name": "POSEGEN_LOG_FORMAT", "value": worker.log_format},
     ]
     if worker.flux_url:
-        env.append({"name": "FLUX_API_URL", "value": worker.flux_url})
-    if worker.secret_name:
-        for var, key, optional in (
-            ("DATABASE_URL", "database-url", False),
-            ("REDIS_URL", "redis-url", False),
-            ("FLUX_API_KEY", "flux-api-key", True),
-        ):
-            env.append(
-                {
-                    "name": var,
-                    "valueFrom": {"secretKeyRef": {"name": worker.secret_name, "key": key, "optional": optional}},
-                }
-            )
+        env += [
+            {"name": "FLUX_API_URL", "value": worker.flux_url},
+            {"name": "POSEGEN_FLUX_ALLOW_HTTP", "value": str(worker.flux_allow_http).lower()},
+            {"name": "POSEGEN_FLUX_ALLOW_PRIVATE_ADDRESSES", "value": str(worker.flux_allow_private_addresses).lower()},
+            {"name": "POSEGEN_FLUX_SAMPLE_HOSTS", "value": ",".join(worker.flux_sample_hosts)},
+            {"name": "POSEGEN_FLUX_MAX_PIXELS", "value": str(worker.flux_max_pixels)},
+        ]
+
+    secret = worker.secret_name
+    if credentials is not None:
+        # They open this attempt's own checkpoint only: no wider than what the pod's namespace may see.
+        env += [
+            {"name": "DATABASE_URL", "value": credentials.database_url},
+            {"name": "REDIS_URL", "value": credentials.redis_url},
+        ]
+    elif secret:
+        env += [_secret_env(secret, "DATABASE_URL", "database-url"), _secret_env(secret, "REDIS_URL", "redis-url")]
     else:
         env += [
             {"name": "DATABASE_URL", "value": settings.database_url},
             {"name": "REDIS_URL", "value": settings.redis_url},
         ]
-        if settings.flux_api_key:
-            env.append({"name": "FLUX_API_KEY", "value": settings.flux_api_key})
+    if secret:
+        env.append(_secret_env(secret, "FLUX_API_KEY", "flux-api-key", optional=True))
+    elif settings.flux_api_key:
+        env.append({"name": "FLUX_API_KEY", "value": settings.flux_api_key})
     env += worker.extra_env
     if worker.output_claim:
         volume: dict[str, Any] = {"persistentVolumeClaim": {"claimName": worker.output_claim}}

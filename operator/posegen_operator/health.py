@@ -15,13 +15,13 @@ from sqlalchemy import text
 
 from posegen_common.database import create_db_engine
 
-# One statement over the partial index of generations in play, plus the failed ones: the seed's
-# queue counts. A short statement timeout keeps a slow database from holding the probe.
+# The seed's queue counts, each an index-only count over a partial index (generations in play,
+# failed ones): the cost follows those rows, never the finished ones. A short statement timeout
+# keeps a slow database from holding the probe.
 COUNTS = text(
-    "SELECT count(*) FILTER (WHERE status = 'queued') AS waiting,"
-    " count(*) FILTER (WHERE status = 'processing') AS active,"
-    " count(*) FILTER (WHERE status = 'failed') AS failed"
-    " FROM pose_generation WHERE status IN ('queued', 'processing', 'failed')"
+    "SELECT (SELECT count(*) FROM pose_generation WHERE status = 'queued') AS waiting,"
+    " (SELECT count(*) FROM pose_generation WHERE status = 'processing') AS active,"
+    " (SELECT count(*) FROM pose_generation WHERE status = 'failed') AS failed"
 )
 STATEMENT_TIMEOUT_MS = 2000
 

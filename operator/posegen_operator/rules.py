@@ -287,6 +287,12 @@ def _check_live_worker(
     ):
         return
     quiet = (snapshot.db_now - row.last_pose_at).total_seconds() if row.last_pose_at else 0.0
+    # The stall clock runs from this worker's start at the earliest (its pod may have been refused
+    # or pending long after the attempt was claimed).
+    if row.worker_started_at is not None:
+        quiet = min(quiet, (snapshot.db_now - row.worker_started_at).total_seconds())
+    if current.running_since is not None:
+        quiet = min(quiet, (snapshot.now - current.running_since).total_seconds())
     if snapshot.database_back_for is not None:
         quiet = min(quiet, snapshot.database_back_for)  # nothing could be recorded during the outage
     if quiet > view.policy.stall_timeout:

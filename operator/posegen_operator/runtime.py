@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from posegen_common.database import create_db_engine, migrate_in_child
 from posegen_operator.act import PARALLEL_RESOURCES
-from posegen_operator.api import ApiContext, build_app
+from posegen_operator.api import ApiContext, build_app, ssl_context
 from posegen_operator.controller import Controller
 from posegen_operator.expiry import HeartbeatExpiryWatcher
 from posegen_operator.leader import LeaderElector
@@ -84,7 +84,10 @@ class Runtime:
         )
         self.runner = web.AppRunner(build_app(context), access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, self.settings.api_host, self.settings.api_port).start()
+        site = web.TCPSite(
+            self.runner, self.settings.api_host, self.settings.api_port, ssl_context=ssl_context(self.settings)
+        )
+        await site.start()
         log.info(
             "admin API on %s:%d, metrics on :%d",
             self.settings.api_host,

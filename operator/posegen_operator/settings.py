@@ -116,6 +116,12 @@ class WorkerTemplate:
     generator: str = "embedded"
     pose_seconds: float = 0.6
     flux_url: str | None = None
+    # Where the FLUX backend may fetch samples from, passed to the worker as is (generators/flux.py
+    # DestinationPolicy): the safe defaults refuse http and non-public addresses.
+    flux_allow_http: bool = False
+    flux_allow_private_addresses: bool = False
+    flux_sample_hosts: tuple[str, ...] = ()
+    flux_max_pixels: int = 4096 * 4096
     log_format: str = "text"
     # How long a worker waits out an unreachable Postgres before exiting DEPENDENCY_UNAVAILABLE.
     dependency_retry_seconds: float = 600
@@ -198,6 +204,12 @@ class Settings:
             generator=env.choice("POSEGEN_GENERATOR", "embedded", ("embedded", "flux")),
             pose_seconds=env.number("POSEGEN_POSE_SECONDS", 0.6, maximum=600),
             flux_url=env.optional("FLUX_API_URL"),
+            flux_allow_http=env.flag("POSEGEN_FLUX_ALLOW_HTTP", False),
+            flux_allow_private_addresses=env.flag("POSEGEN_FLUX_ALLOW_PRIVATE_ADDRESSES", False),
+            flux_sample_hosts=tuple(
+                h.strip() for h in (env.optional("POSEGEN_FLUX_SAMPLE_HOSTS") or "").split(",") if h.strip()
+            ),
+            flux_max_pixels=env.integer("POSEGEN_FLUX_MAX_PIXELS", 4096 * 4096, minimum=65536, maximum=10**8),
             log_format=log_format,
             dependency_retry_seconds=env.number(
                 "POSEGEN_WORKER_DEPENDENCY_RETRY_SECONDS", stall_timeout, minimum=1, maximum=86400

@@ -275,7 +275,17 @@ def test_rendered_chart_passes_a_server_side_dry_run(
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda path: path.stem)
 def test_every_operator_setting_is_exposed_and_accepted_by_the_operator(cluster: Cluster, values: Path) -> None:
     docs = documents(
-        render(cluster, "ci", "posegen", "-f", str(values), "--set-json", "operator.heartbeatIntervalSeconds=2")
+        render(
+            cluster,
+            "ci",
+            "posegen",
+            "-f",
+            str(values),
+            "--set-json",
+            "operator.heartbeatIntervalSeconds=2",
+            "--set-json",
+            "worker.dependencyRetrySeconds=60",  # null by default: the operator's own default applies
+        )
     )
     env = operator_environment(docs)
     # POSEGEN_IDENTITY defaults to POD_NAME, which the downward API provides.

@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.request
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -155,13 +156,16 @@ def test_restart_policy_on_failure_restarts_the_container(cluster: Cluster, name
 
 
 def test_deleting_a_pod_terminates_its_process_within_the_grace_period(cluster: Cluster, namespace: str) -> None:
-    graceful = "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(600)"
-    stubborn = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    ready = "print('ready', flush=True); time.sleep(600)"
+    graceful = f"import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); {ready}"
+    stubborn = f"import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); {ready}"
     cluster.core.create_namespaced_pod(namespace, pod_manifest("graceful", ["python", "-c", graceful], grace=30))
     cluster.core.create_namespaced_pod(namespace, pod_manifest("stubborn", ["python", "-c", stubborn], grace=2))
     pids = {name: cluster.pod_pid(namespace, name) for name in ("graceful", "stubborn")}
     for name in pids:
         wait_for(partial(pod_is, cluster, namespace, name, "Running"), what=f"{name} Running")
+        # Running means started, not that Python has set its signal handler yet (slow under load).
+        wait_for(partial(says_ready, cluster.node_file(namespace, name, "log")), what=f"{name} handling SIGTERM")
     started = time.monotonic()
     for name in pids:
         cluster.core.delete_namespaced_pod(name, namespace)
@@ -173,6 +177,10 @@ def test_deleting_a_pod_terminates_its_process_within_the_grace_period(cluster: 
     assert stubborn_seconds >= 2, "SIGKILL came only after the 2 s grace period"
     for name in pids:
         wait_for(partial(pod_gone, cluster, namespace, name), what=f"{name} removed from the API")
+
+
+def says_ready(log: Path) -> bool:
+    return log.exists() and "ready" in log.read_text()
 
 
 def test_deleting_an_owner_garbage_collects_its_pods(cluster: Cluster, namespace: str) -> None:

@@ -13,10 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
+from posegen_common import checkpoint
+from posegen_common.checkpoint import PoseRecorded, RecordedPose
 from posegen_common.exit_codes import ExitCode
 from posegen_worker.generators.embedded import EmbeddedGenerator
 from posegen_worker.run import Worker
@@ -158,6 +162,38 @@ def test_a_worker_stopped_between_its_commit_and_its_files_is_repaired_by_the_ne
         "pose-0002.json",
         "pose-0002.png",
     ]
+
+
+def test_a_pose_whose_commit_reply_was_lost_keeps_its_files_when_the_retry_finds_a_successor(
+    cluster: Cluster, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pose 0's transaction commits but the reply never arrives (the connection drops); before the
+    worker's retry the operator starts attempt 2. The retry is refused (superseded), yet pose 0's
+    row is attempt 1's: its files must be published, not thrown away."""
+    generation_id = new_generation(engine, total=3)
+    next_attempt(engine, generation_id)
+    record_pose = checkpoint.record_pose
+    lost_replies: list[int] = []
+
+    def reply_lost(conn: Connection, generation: str, attempt: int, recorded: RecordedPose) -> PoseRecorded:
+        if lost_replies:
+            return record_pose(conn, generation, attempt, recorded)
+        lost_replies.append(recorded.index)
+        with engine.begin() as committed:
+            record_pose(committed, generation, attempt, recorded)
+        next_attempt(engine, generation_id, "Hung")
+        raise OperationalError("COMMIT", {}, psycopg2.OperationalError("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(checkpoint, "record_pose", reply_lost)
+    with monkeypatch.context() as env:
+        for name, value in worker_env(cluster, generation_id, 1, tmp_path).items():
+            env.setenv(name, value)
+        settings = WorkerSettings.from_env()
+    worker = Worker(settings, engine, redis.Redis.from_url(cluster.stack.redis_url), EmbeddedGenerator(pose_seconds=0))
+    assert worker.run() == ExitCode.SUPERSEDED
+    assert lost_replies == [0]
+    assert recorded_by(engine, generation_id) == {0: 1}
+    assert_files_match_the_record(engine, generation_id, pose_directory(tmp_path, generation_id))
 
 
 def wait_for_lock_wait(engine: Engine, pod_name: str, timeout: float = 30) -> None:

@@ -24,6 +24,7 @@ from posegen_common.worker_credentials import WorkerCredentials, mint, revoke, s
 from tests.harness import Cluster, sql
 
 pytestmark = pytest.mark.integration
+KEY = b"the operator's worker-credential key"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,9 @@ def minted(
     engine: Engine, admin_redis: redis.Redis, cluster: Cluster, generation_id: str, attempt: int
 ) -> WorkerCredentials:
     with engine.begin() as conn:
-        return mint(conn, admin_redis, cluster.stack.database_url, cluster.stack.redis_url, generation_id, attempt)
+        return mint(
+            conn, admin_redis, cluster.stack.database_url, cluster.stack.redis_url, generation_id, attempt, key=KEY
+        )
 
 
 def pose(index: int) -> RecordedPose:
@@ -209,5 +212,23 @@ def test_a_workers_redis_user_sets_only_its_heartbeat(
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 client.execute_command(*command)  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+
+
+def test_minting_an_attempt_again_keeps_its_worker_connected(
+    cluster: Cluster, engine: Engine, admin_redis: redis.Redis
+) -> None:
+    """A retried pod create, or Redis restarted without its ACL users, mints the same attempt again:
+    the worker already running with it must keep working."""
+    generation_id = started_generation(engine)
+    first = minted(engine, admin_redis, cluster, generation_id, 1)
+    assert minted(engine, admin_redis, cluster, generation_id, 1) == first
+    assert refused(first.database_url, f"SELECT 1 FROM pose_generation WHERE id = '{generation_id}'") == (
+        "accepted (1 rows)"
+    )
+    client = redis.Redis.from_url(first.redis_url)
+    try:
+        assert client.set(keys.heartbeat(generation_id, 1), "alive", px=4000)
     finally:
         client.close()

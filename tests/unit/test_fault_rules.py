@@ -80,6 +80,17 @@ def test_a_refused_create_is_retried_once_its_backoff_is_over() -> None:
     assert of_type(run(view), CreatePod) == [CreatePod(key("a"), uid("a"), uid("a"), 1)]
 
 
+def test_the_stall_clock_starts_when_the_worker_does() -> None:
+    # The attempt was claimed (last_pose_at) 20 min ago, its pod refused until a minute ago.
+    late = row("a", last_pose_at=ago(1200, DB_NOW), worker_started_at=ago(50, DB_NOW))
+    view = dataclasses.replace(steady("a"), row=late, pods=(pod("a", running_for=55),))
+
+    result = run(view)
+
+    assert result.recoveries == []
+    assert result.retry_after == pytest.approx(550)  # 600 s stall timeout - 50 s since it reported in
+
+
 def test_a_created_pod_that_is_gone_is_still_a_recovery() -> None:
     view = dataclasses.replace(steady("a"), pods=(), heartbeat=None)  # worker_pod_created_at is set
 

@@ -576,7 +576,9 @@ def test_a_pending_pod_is_not_checked_for_heartbeats() -> None:
 
 
 def test_heartbeating_worker_without_a_pose_past_the_stall_timeout_is_stalled() -> None:
-    view = dataclasses.replace(steady("a"), row=row("a", last_pose_at=ago(601, DB_NOW)))
+    view = dataclasses.replace(
+        steady("a"), row=row("a", last_pose_at=ago(601, DB_NOW)), pods=(pod("a", running_for=700),)
+    )
 
     result = run(view)
 
@@ -589,7 +591,9 @@ def test_heartbeating_worker_without_a_pose_past_the_stall_timeout_is_stalled() 
 
 
 def test_a_pose_exactly_at_the_stall_timeout_is_not_a_stall() -> None:
-    view = dataclasses.replace(steady("a"), row=row("a", last_pose_at=ago(600, DB_NOW)))
+    view = dataclasses.replace(
+        steady("a"), row=row("a", last_pose_at=ago(600, DB_NOW)), pods=(pod("a", running_for=700),)
+    )
 
     result = run(view)
 
@@ -600,7 +604,9 @@ def test_a_pose_exactly_at_the_stall_timeout_is_not_a_stall() -> None:
 def test_per_resource_policy_overrides_win_over_defaults() -> None:
     last_pose = ago(200, DB_NOW)
     strict = dataclasses.replace(
-        steady("strict", policy=policy(stall_timeout=120)), row=row("strict", last_pose_at=last_pose)
+        steady("strict", policy=policy(stall_timeout=120)),
+        row=row("strict", last_pose_at=last_pose),
+        pods=(pod("strict", running_for=300),),
     )
     lenient = dataclasses.replace(steady("lenient"), row=row("lenient", last_pose_at=last_pose))
 

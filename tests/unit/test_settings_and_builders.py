@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from posegen_common.worker_credentials import WorkerCredentials
 from posegen_devstack.pki import ensure_pki
 from posegen_operator.api import generate_allowed, ssl_context
 from posegen_operator.builders import FINALIZER, build_event, build_worker_pod
 from posegen_operator.settings import Settings, SettingsError
+from posegen_worker.generators.flux import DestinationPolicy
 from posegen_worker.settings import SettingsError as WorkerSettingsError
 from posegen_worker.settings import WorkerSettings
 
@@ -86,6 +88,7 @@ def test_worker_settings_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DATABASE_URL", "mysql://u:secret@db/x", "DATABASE_URL must be a postgresql:// URL"),
         ("DATABASE_URL", "not a url at all", "DATABASE_URL must be a postgresql:// URL"),
         ("REDIS_URL", "http://r:6379", "REDIS_URL is not a Redis URL"),
+        ("REDIS_URL", "redis://:secret@r:63x9/0", "REDIS_URL is not a Redis URL"),
         ("POSEGEN_GENERATOR", "flux", "FLUX_API_URL and FLUX_API_KEY must be set"),
     ):
         with monkeypatch.context() as bad:
@@ -139,6 +142,24 @@ def test_workers_wait_out_an_unreachable_database_for_the_stall_timeout_unless_t
     assert retry(POSEGEN_STALL_TIMEOUT_SECONDS="120", POSEGEN_WORKER_DEPENDENCY_RETRY_SECONDS="45") == 45
 
 
+def test_the_flux_destination_policy_reaches_the_worker_as_the_admin_set_it() -> None:
+    def policy(**env: str) -> DestinationPolicy:
+        flux = {"POSEGEN_GENERATOR": "flux", "FLUX_API_URL": "https://flux.example", **env}
+        pod = build_worker_pod("ns", "demo", "uid-1", "gen-1", 1, settings(**flux))
+        return DestinationPolicy.from_env(
+            {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
+        )
+
+    assert policy() == DestinationPolicy()  # the safe defaults
+    relaxed = policy(
+        POSEGEN_FLUX_ALLOW_HTTP="true",
+        POSEGEN_FLUX_ALLOW_PRIVATE_ADDRESSES="true",
+        POSEGEN_FLUX_SAMPLE_HOSTS="cdn.example, images.example",
+        POSEGEN_FLUX_MAX_PIXELS="1048576",
+    )
+    assert relaxed == DestinationPolicy(True, True, frozenset({"cdn.example", "images.example"}), 1048576)
+
+
 def test_worker_pod_takes_connection_urls_from_a_secret_when_configured() -> None:
     pod = build_worker_pod("ns", "demo", "uid-1", "gen-1", 1, settings(POSEGEN_WORKER_SECRET="posegen-worker"))
     refs = {
@@ -149,6 +170,18 @@ def test_worker_pod_takes_connection_urls_from_a_secret_when_configured() -> Non
     assert refs["DATABASE_URL"] == {"name": "posegen-worker", "key": "database-url", "optional": False}
     assert refs["FLUX_API_KEY"]["optional"] is True
     assert all(e.get("value") != BASE_ENV["DATABASE_URL"] for e in pod["spec"]["containers"][0]["env"])
+
+
+def test_worker_pod_connects_with_its_minted_credentials_only() -> None:
+    minted = WorkerCredentials("postgresql://pgw_1:pw@db/posegen", "redis://pgw_1:pw@r/0")
+    pod = build_worker_pod(
+        "ns", "demo", "uid-1", "gen-1", 1, settings(POSEGEN_WORKER_SECRET="posegen-worker"), credentials=minted
+    )
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["DATABASE_URL"] == {"name": "DATABASE_URL", "value": minted.database_url}
+    assert env["REDIS_URL"] == {"name": "REDIS_URL", "value": minted.redis_url}
+    assert env["FLUX_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "posegen-worker"
+    assert [e["name"] for e in pod["spec"]["containers"][0]["env"]].count("DATABASE_URL") == 1
 
 
 def test_worker_pod_defaults_need_no_host_network_and_leave_a_lost_node_soon() -> None:

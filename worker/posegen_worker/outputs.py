@@ -4,10 +4,11 @@ the pose, and never over files already there.
 Each pose is staged under names of its own attempt (``.pose-0007.a3.png.tmp`` and ``.json.tmp``,
 fsync'ed), then its row is recorded (fenced), and only if the row is this attempt's are the files
 published with hard links, which fail rather than overwrite. A worker that did not record the pose
-(superseded, or the pose was already recorded) discards what it staged. A crash between the commit
-and the links leaves the recording attempt's staged files behind: the next attempt publishes them
-(``repair``). So a superseded worker (a zombie) never touches published files, and two workers of
-one generation never share a file name."""
+(superseded, or the pose was already recorded) discards what it staged; one that cannot tell (the
+database unreachable) leaves it. A crash between the commit and the links leaves the recording
+attempt's staged files behind: the next attempt publishes them, and drops the rest (``repair``).
+So a superseded worker (a zombie) never touches published files, and two workers of one generation
+never share a file name."""
 
 from __future__ import annotations
 

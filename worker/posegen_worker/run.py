@@ -72,7 +72,8 @@ class Worker:
         lost = files.repair(job.recorded)
         if lost:
             log.error(
-                "%d recorded poses have no files and cannot be repaired (output volume lost or wiped?): %s",
+                "%d recorded poses have no files and cannot be repaired (output volume lost, wiped, or an emptyDir"
+                " that did not outlive its pod): %s",
                 len(lost),
                 _some(lost),
             )
@@ -152,9 +153,11 @@ class Worker:
 
         try:
             outcome = self._ride_out_database_outage(record)
-        except BaseException:
-            files.discard(index)  # not recorded, or superseded: what is published stays another's
+        except Superseded:
+            self._settle(job, files, index)
             raise
+        # Any other failure leaves the staged files: whether the row is ours is unknown (the next
+        # attempt's repair publishes them if it is, and drops them if not).
         if not outcome.ours:
             log.warning("pose %d was already recorded by another attempt: keeping its files", index)
             files.discard(index)
@@ -162,11 +165,26 @@ class Worker:
             log.error("pose %d is recorded but its staged files are gone: it has no files", index)
         return outcome
 
+    def _settle(self, job: Checkpoint, files: PoseFiles, index: int) -> None:
+        """Superseded while recording: the pose is still ours if an earlier try of the same record
+        committed (its reply lost in a connection failure) before the new attempt began."""
+        try:
+            with self.engine.begin() as conn:
+                recorder = checkpoint.pose_recorder(conn, job.spec.id, index)
+        except DBAPIError:
+            return  # unknown: the staged files wait for the next attempt's repair
+        if recorder == job.attempt:
+            log.info("pose %d was recorded by this attempt before it was superseded: publishing its files", index)
+            files.publish(index, job.attempt)
+        else:
+            files.discard(index)
+
     def _ride_out_database_outage(self, operation: Callable[[], T]) -> T:
         """An outage is not the generation's fault: keep this worker's place and retry with backoff
         for up to the bound the operator sets (its stall timeout), then stop as
-        DEPENDENCY_UNAVAILABLE. Retrying is safe: a transaction either committed or did nothing,
-        and ``record_pose`` tells a pose this attempt already recorded."""
+        DEPENDENCY_UNAVAILABLE (at once if asked to stop meanwhile). Retrying is safe: a transaction
+        either committed or did nothing, and ``record_pose`` tells a pose this attempt already
+        recorded."""
         bound = self.settings.dependency_retry_seconds
         down_since: float | None = None
         delay = 0.2
@@ -184,7 +202,11 @@ class Worker:
                     raise faults.DependencyUnavailable(
                         f"Postgres unreachable for {now - down_since:.0f}s ({_first_line(error)})"
                     ) from error
-                time.sleep(min(delay, max(0.0, down_since + bound - now)))
+                if self.stop_requested.wait(min(delay, max(0.0, down_since + bound - now))):
+                    raise faults.DependencyUnavailable(
+                        f"asked to stop (SIGTERM) while Postgres was unreachable for "
+                        f"{time.monotonic() - down_since:.0f}s ({_first_line(error)})"
+                    ) from error
                 delay = min(delay * 2, 5.0)
             else:
                 if down_since is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from redis.connection import parse_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -48,8 +48,10 @@ def _database_url() -> str:
 
 def _redis_url() -> str:
     url = _env("REDIS_URL")
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError("REDIS_URL is not a Redis URL (redis://, rediss:// or unix://)")
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as error:  # says what is wrong without quoting the URL
+        raise SettingsError(f"REDIS_URL is not a Redis URL: {error}") from error
     return url
 
 
