@@ -13,6 +13,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/posegen
 WORKDIR /src
 COPY pyproject.toml ./
+# The dependencies first, in a layer of their own: a change to the code alone reuses it.
+RUN /opt/posegen/bin/python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" >/tmp/requirements.txt \
+ && /opt/posegen/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 COPY common ./common
 COPY operator ./operator
 COPY worker ./worker

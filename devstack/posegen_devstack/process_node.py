@@ -178,7 +178,7 @@ class NodeRunner:
         ]
         # Processes are not confined by requests: room enough that kube-scheduler never holds back a
         # worker for resources this machine does not actually reserve.
-        room = {"cpu": "1000", "memory": "1Ti", "pods": "5000"}
+        room = {"cpu": "1000", "memory": "1Ti", "ephemeral-storage": "1Ti", "pods": "5000"}
         status = {
             "conditions": conditions,
             # No Hostname address: the API server would resolve it by DNS.
