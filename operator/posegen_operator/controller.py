@@ -100,6 +100,7 @@ class Controller:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.actor.close()
         self.elector.stop()
 
     def alive(self) -> bool:

@@ -86,6 +86,9 @@ class Metrics:
         self.action_errors = Counter(
             f"{PREFIX}_action_errors_total", "Actions that failed and will be retried.", ["action"], registry=r
         )
+        self.events_dropped = Counter(
+            f"{PREFIX}_events_dropped_total", "Events not posted because the Event queue was full.", registry=r
+        )
         self.invalid_objects = Counter(
             f"{PREFIX}_invalid_objects_total",
             "Objects skipped because they are malformed (each object and fault counted once).",

@@ -2,7 +2,8 @@
 runs twice, or races a second replica, leaves nothing wrong: the next pass finishes the job.
 
 Each kind of action has its own module (pods, rows, status and Events, finalizers); this one runs a
-plan: each resource's actions in order, resources side by side, one resource's failure contained."""
+plan: each resource's actions in order, resources side by side, one resource's failure contained.
+Events go to a background sink (``events.py``): a pass never waits on them."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from typing import Any
 
 import kubernetes
 import redis
-from kubernetes.client.exceptions import ApiException
 from sqlalchemy import Engine
 
 from posegen_operator.act.credentials import CredentialActions
+from posegen_operator.act.errors import describe
+from posegen_operator.act.events import EventSink
 from posegen_operator.act.finalizers import FinalizerActions
 from posegen_operator.act.pods import PodActions
 from posegen_operator.act.queue_view import QueueView
@@ -72,6 +74,7 @@ class Actor:
         pods = PodActions(settings, api, engine, cache, self.queue_view, credentials)
         rows = RowActions(engine)
         status = StatusActions(api, settings.identity)
+        self.events = EventSink(status.post_event, metrics)
         self._may_act: Callable[[], bool] = lambda: True
         self._pool = ThreadPoolExecutor(max_workers=PARALLEL_RESOURCES, thread_name_prefix="posegen-act")
         self._handlers: dict[type, Callable[[Any], bool]] = {
@@ -85,7 +88,7 @@ class Actor:
             DeletePod: pods.delete,
             SetRowStatus: rows.set_status,
             PatchStatus: status.patch,
-            PostEvent: status.post_event,
+            PostEvent: self.events.submit,
         }
 
     def execute(self, plan: Plan, finalizers: Finalizers, may_act: Callable[[], bool] = lambda: True) -> ActResult:
@@ -120,14 +123,12 @@ class Actor:
                 broken, done = True, False
                 self.metrics.action_errors.labels(action=type(action).__name__).inc()
                 log.warning(
-                    "%s for %s/%s failed, retried next pass: %s", type(action).__name__, *action.key, _describe(error)
+                    "%s for %s/%s failed, retried next pass: %s", type(action).__name__, *action.key, describe(error)
                 )
             if isinstance(action, StartWorker) and action.reason is not None:
                 recovered, failed = recovered + done, failed + (not done)
         return recovered, failed
 
-
-def _describe(error: Exception) -> str:
-    if isinstance(error, ApiException):
-        return f"{error.status} {error.reason}"
-    return f"{type(error).__name__}: {error}"
+    def close(self) -> None:
+        self.events.close()
+        self._pool.shutdown(wait=False)
