@@ -72,7 +72,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     # Per-object workers hold their object's queued bodies until they exit; our handler is a quick
-    # cache update, so idle workers go at once (docs/BENCHMARKS.md §4 has the measurements).
-    settings.queueing.worker_limit = 50
+    # cache update, so idle workers go at once (docs/BENCHMARKS.md §4 has the measurements). No
+    # limit on them: kopf queues the objects over a limit with their full bodies (no backpressure
+    # on the watch), so a limit of 50 held ~8,000 bodies at once when a restart listed 10,000.
+    settings.queueing.worker_limit = None
     settings.queueing.idle_timeout = 0.1
     settings.watching.chunk_size = 500  # kopf's start-up list in pages, not thousands decoded at once
