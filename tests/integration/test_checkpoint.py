@@ -17,11 +17,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Engine
 
 from posegen_common import checkpoint, keys
-from posegen_common.contract import GenerationStatus, Superseded
+from posegen_common.contract import GenerationSpec, GenerationStatus, Superseded
 from posegen_common.exit_codes import ExitCode
 from posegen_common.schema import Base
 from posegen_operator.observe import RowCache
-from posegen_worker.checkpoint import RecordedPose, record_pose
+from posegen_worker.checkpoint import RecordedPose, load_checkpoint, record_pose
 from posegen_worker.database import Database
 from tests.harness import SEED_DUPLICATE_QUERY, Cluster, sql
 from tests.integration.workers import finish, new_generation, next_attempt, start_worker, worker_env
@@ -127,6 +127,49 @@ def test_a_transient_retry_spends_no_recovery(engine: Engine) -> None:
         state = checkpoint.fetch_states(conn, [generation_id])[generation_id]
     assert (state.attempt, state.recoveries, state.transient_retries) == (2, 0, 1)
     assert state.last_recovery_reason == "DependencyUnavailable"
+
+
+def test_a_worker_resumes_from_the_spec_the_operator_registered_and_the_poses_recorded(
+    engine: Engine, worker_database: Database
+) -> None:
+    generation_id = str(uuid.uuid4())
+    spec = GenerationSpec(generation_id, "gallery", f"g-{generation_id[:6]}", "p", "GALLERY_REFERENCE", None,
+                          ["lib-a", "lib-b"], 2**40 + 7, 4)  # fmt: skip
+    with engine.begin() as conn:
+        checkpoint.register(conn, spec)
+        checkpoint.begin_attempt(conn, generation_id, 0, None)
+    with (
+        pytest.raises(Superseded, match="at attempt 1 \\(processing\\), not 2"),
+        worker_database.transaction() as cursor,
+    ):
+        load_checkpoint(cursor, generation_id, 2)
+    with worker_database.transaction() as cursor:
+        record_pose(cursor, generation_id, 1, pose(2))
+    next_attempt(engine, generation_id, "Crashed")
+    with worker_database.transaction() as cursor:
+        resumed = load_checkpoint(cursor, generation_id, 2)
+    assert (resumed.spec, resumed.attempt, resumed.recorded) == (spec, 2, {2: 1})
+    with engine.begin() as conn:
+        assert checkpoint.fetch_states(conn, [generation_id])[generation_id].worker_started_at is not None
+    with pytest.raises(Superseded, match="does not exist"), worker_database.transaction() as cursor:
+        load_checkpoint(cursor, str(uuid.uuid4()), 1)
+
+
+def test_the_pose_in_flight_when_suspended_counts_and_stops_the_worker(
+    engine: Engine, worker_database: Database
+) -> None:
+    generation_id = new_generation(engine, total=3)
+    with engine.begin() as conn:
+        checkpoint.begin_attempt(conn, generation_id, 0, None)
+        checkpoint.set_status(conn, generation_id, GenerationStatus.SUSPENDED)
+    with worker_database.transaction() as cursor:
+        recorded = record_pose(cursor, generation_id, 1, pose(0))
+    assert (recorded.poses_completed, recorded.keep_going, recorded.ours) == (1, False, True)
+    with engine.begin() as conn:
+        state = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+    assert (state.status, state.poses_completed) == ("suspended", 1)
+    with pytest.raises(Superseded), worker_database.transaction() as cursor:
+        load_checkpoint(cursor, generation_id, 1)  # a suspended generation starts no worker
 
 
 def test_the_last_pose_completes_the_generation_and_nothing_is_written_after(
