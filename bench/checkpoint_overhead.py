@@ -30,10 +30,11 @@ import redis
 
 from bench.common import BenchStack, Report, command_line, parser, percentile, print_table
 from posegen_common import checkpoint
-from posegen_common.checkpoint import GenerationSpec, RecordedPose
+from posegen_common.contract import GenerationSpec, pose_key
 from posegen_common.database import create_db_engine
 from posegen_common.exit_codes import ExitCode
-from posegen_common.schema import pose_key
+from posegen_worker.checkpoint import RecordedPose, record_pose
+from posegen_worker.database import Database
 from posegen_worker.generators import PoseRequest
 from posegen_worker.generators.embedded import EmbeddedGenerator
 from posegen_worker.heartbeat import Heartbeat
@@ -72,7 +73,9 @@ def generator_only(pose_seconds: float, poses: int, seed: int = 42) -> float:
     return time.perf_counter() - started
 
 
-def worker_loop(bench: BenchStack, engine: Any, client: redis.Redis, pose_seconds: float, poses: int) -> float:
+def worker_loop(
+    bench: BenchStack, engine: Any, database: Database, client: redis.Redis, pose_seconds: float, poses: int
+) -> float:
     spec = register(engine, poses)
     with tempfile.TemporaryDirectory(prefix="posegen-bench-outputs-") as outputs:
         settings = WorkerSettings(
@@ -93,7 +96,7 @@ def worker_loop(bench: BenchStack, engine: Any, client: redis.Redis, pose_second
             dependency_retry_seconds=600,
             log_format="text",
         )
-        worker = Worker(settings, engine, client, EmbeddedGenerator(pose_seconds=pose_seconds))
+        worker = Worker(settings, database, client, EmbeddedGenerator(pose_seconds=pose_seconds))
         started = time.perf_counter()
         code = worker.run()
         elapsed = time.perf_counter() - started
@@ -106,7 +109,7 @@ def worker_loop(bench: BenchStack, engine: Any, client: redis.Redis, pose_second
     return elapsed
 
 
-def checkpoint_alone(engine: Any, client: redis.Redis, calls: int) -> dict[str, list[float]]:
+def checkpoint_alone(engine: Any, database: Database, client: redis.Redis, calls: int) -> dict[str, list[float]]:
     spec = register(engine, calls + 1)
     generated = EmbeddedGenerator(pose_seconds=0).generate(
         PoseRequest(spec.id, "bench", "TEXT_DESCRIPTION", "a person running", None, 42, 0)
@@ -117,8 +120,8 @@ def checkpoint_alone(engine: Any, client: redis.Redis, calls: int) -> dict[str, 
     for index in range(calls):
         pose = RecordedPose(index, pose_key(None, index), f"/tmp/pose-{index:04d}.png", keypoints, generated.base_pose)
         started = time.perf_counter()
-        with engine.begin() as conn:
-            checkpoint.record_pose(conn, spec.id, 1, pose)
+        with database.transaction() as cursor:
+            record_pose(cursor, spec.id, 1, pose)
         recorded = time.perf_counter()
         heartbeat.poses = index + 1
         heartbeat.renew()
@@ -140,15 +143,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows, figures = [], []
     with BenchStack(NAME, {}, keep=args.keep) as bench:
         bench.stack.stop_operator()  # it would cancel rows that have no PoseGeneration
-        engine = create_db_engine(bench.stack.database_url, application_name="posegen-bench-worker", pool_size=1)
+        engine = create_db_engine(bench.stack.database_url, application_name="posegen-bench", pool_size=1)
+        database = Database(bench.stack.database_url, application_name="posegen-bench-worker")
         client = redis.Redis.from_url(bench.stack.redis_url, socket_timeout=2, socket_connect_timeout=2)
         try:
-            alone = checkpoint_alone(engine, client, calls)
+            alone = checkpoint_alone(engine, database, client, calls)
             for pose_seconds, poses in plan.items():
                 bare, full = [], []
                 for _ in range(rounds):
                     bare.append(generator_only(pose_seconds, poses) / poses)
-                    full.append(worker_loop(bench, engine, client, pose_seconds, poses) / poses)
+                    full.append(worker_loop(bench, engine, database, client, pose_seconds, poses) / poses)
                 bare_s, full_s = statistics.median(bare), statistics.median(full)
                 extra_ms = 1000 * (full_s - bare_s)
                 overhead = 100 * (full_s - bare_s) / bare_s
@@ -171,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 )
         finally:
             engine.dispose()
+            database.close()
             client.close()
     print()
     print_table(["pose s", "poses", "generator ms/pose", "worker ms/pose", "+ms/pose", "overhead %"], rows)

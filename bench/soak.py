@@ -75,7 +75,7 @@ from bench.common import (
     summary,
 )
 from bench.ledger import audit
-from posegen_common.schema import FINAL_STATUSES
+from posegen_common.contract import FINAL_STATUSES
 from posegen_devstack.processes import StackError, WaitTimeout, pid_alive, read_pid, running_pid, wait_for
 from posegen_operator.builders import LABEL_ATTEMPT
 from posegen_operator.model import FINAL_PHASES, Reason, worker_pod_name

@@ -1,48 +1,25 @@
-"""Checkpoint queries: the only code that writes ``pose_generation`` and ``generated_pose``.
+"""The operator's checkpoint queries: with the worker's (``posegen_worker.checkpoint``), the only
+code that writes ``pose_generation`` and ``generated_pose``.
 
 Fencing: ``pose_generation.attempt`` is bumped (``begin_attempt``) before a new worker starts, and
-``record_pose`` locks the row and writes only while the caller's attempt is current and the
+the worker's ``record_pose`` locks the row and writes only while its attempt is current and the
 generation is processing. A replaced worker that wakes up (a zombie) therefore records nothing,
 and the unique keys make a pose computed twice count once."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Connection, String, Table, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
-from posegen_common.schema import (
-    FINAL_STATUSES,
-    GeneratedPoseRow,
-    GenerationStatus,
-    PoseGenerationRow,
-)
+from posegen_common.contract import FINAL_STATUSES, GenerationSpec, GenerationStatus
+from posegen_common.schema import PoseGenerationRow
 
 generation = cast(Table, PoseGenerationRow.__table__)
-pose = cast(Table, GeneratedPoseRow.__table__)
-
-
-class Superseded(Exception):
-    """The caller's attempt is no longer current (or the generation stopped processing)."""
-
-
-@dataclass(frozen=True)
-class GenerationSpec:
-    """What the operator records when it first sees a resource."""
-
-    id: str
-    namespace: str
-    name: str
-    project_id: str
-    generation_type: str
-    text_prompt: str | None
-    pose_library_ids: list[str] | None
-    seed: int
-    total_expected_poses: int
 
 
 @dataclass(frozen=True)
@@ -75,33 +52,6 @@ class GenerationState:
         return self.status in FINAL_STATUSES
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """What a worker resumes from."""
-
-    spec: GenerationSpec
-    attempt: int
-    recorded: Mapping[int, int]  # pose index -> the attempt whose row recorded it (its files are that attempt's)
-
-
-@dataclass(frozen=True)
-class PoseRecorded:
-    poses_completed: int
-    keep_going: bool  # False once the generation is complete or suspended
-    # The pose's row is the caller's (inserted now, or by its own earlier try whose commit reply was
-    # lost): only then may it publish its files. False: another attempt recorded it first.
-    ours: bool
-
-
-@dataclass(frozen=True)
-class RecordedPose:
-    index: int
-    pose_library_id: str
-    image_path: str
-    keypoints: list[dict[str, Any]]
-    base_pose: str
-
-
 _STATE_COLUMNS = (
     generation.c.id,
     generation.c.status,
@@ -130,7 +80,6 @@ def _state(row: Any) -> GenerationState:
     return GenerationState(**row._mapping)
 
 
-# ---- operator side ------------------------------------------------------------------------------
 def register(conn: Connection, spec: GenerationSpec) -> None:
     """Record a new generation (idempotent)."""
     values = {
@@ -302,92 +251,6 @@ def status_summary(conn: Connection, stall_timeout: float) -> dict[str, Any]:
         {"stall": stall_timeout},
     ).one()
     return dict(row._mapping)
-
-
-# ---- worker side --------------------------------------------------------------------------------
-def load_checkpoint(conn: Connection, generation_id: str, attempt: int) -> Checkpoint:
-    """The worker's start: check its attempt is current and say so (``worker_started_at``: from
-    now on its heartbeat is expected), then read what is already done."""
-    row = conn.execute(
-        update(generation)
-        .where(
-            generation.c.id == generation_id,
-            generation.c.attempt == attempt,
-            generation.c.status == GenerationStatus.PROCESSING,
-        )
-        .values(worker_started_at=func.now())
-        .returning(*generation.c)
-    ).one_or_none()
-    if row is None:
-        current = conn.execute(
-            select(generation.c.attempt, generation.c.status).where(generation.c.id == generation_id)
-        ).one_or_none()
-        if current is None:
-            raise Superseded(f"generation {generation_id} does not exist")
-        raise Superseded(
-            f"generation {generation_id} is at attempt {current.attempt} ({current.status}), not {attempt}"
-        )
-    spec = GenerationSpec(
-        id=row.id,
-        namespace=row.namespace,
-        name=row.name,
-        project_id=row.project_id,
-        generation_type=row.generation_type,
-        text_prompt=row.text_prompt,
-        pose_library_ids=row.pose_library_ids,
-        seed=row.seed,
-        total_expected_poses=row.total_expected_poses,
-    )
-    done = conn.execute(select(pose.c.pose_index, pose.c.attempt).where(pose.c.generation_id == generation_id))
-    return Checkpoint(spec, attempt, {index: by for index, by in done})
-
-
-def record_pose(conn: Connection, generation_id: str, attempt: int, recorded: RecordedPose) -> PoseRecorded:
-    """Record one pose and the progress in the caller's transaction.
-
-    Raises Superseded (and writes nothing) unless ``attempt`` is current and the generation is
-    processing, or suspended (the pose a worker had in flight when it was suspended still counts;
-    ``PoseRecorded.keep_going`` then tells it to stop). The row lock orders this write against
-    ``begin_attempt``: a bump waits for an in-flight pose, and a pose after a bump sees it.
-    ``PoseRecorded.ours`` tells whether the pose's row belongs to the caller's attempt."""
-    current = conn.execute(
-        select(
-            generation.c.attempt, generation.c.status, generation.c.poses_completed, generation.c.total_expected_poses
-        )
-        .where(generation.c.id == generation_id)
-        .with_for_update()
-    ).one_or_none()
-    writable = (GenerationStatus.PROCESSING, GenerationStatus.SUSPENDED)
-    if current is None or current.attempt != attempt or current.status not in writable:
-        raise Superseded(f"attempt {attempt} of {generation_id} is no longer current")
-    inserted = conn.execute(
-        insert(pose)
-        .values(
-            generation_id=generation_id,
-            pose_index=recorded.index,
-            pose_library_id=recorded.pose_library_id,
-            attempt=attempt,
-            image_path=recorded.image_path,
-            keypoints=recorded.keypoints,
-            base_pose=recorded.base_pose,
-        )
-        .on_conflict_do_nothing()
-        .returning(pose.c.id)
-    ).scalar_one_or_none()
-    recorder = attempt if inserted is not None else pose_recorder(conn, generation_id, recorded.index)
-    completed = int(current.poses_completed) + (1 if inserted is not None else 0)
-    finished = completed >= current.total_expected_poses
-    values: dict[str, Any] = {"poses_completed": completed, "last_pose_at": func.now()}
-    if finished:
-        values |= {"status": GenerationStatus.COMPLETED, "completed_at": func.now()}
-    conn.execute(update(generation).where(generation.c.id == generation_id).values(**values))
-    keep_going = current.status == GenerationStatus.PROCESSING and not finished
-    return PoseRecorded(completed, keep_going=keep_going, ours=recorder == attempt)
-
-
-def pose_recorder(conn: Connection, generation_id: str, index: int) -> int | None:
-    """The attempt whose row recorded pose ``index`` (its files are that attempt's), if any."""
-    return conn.scalar(select(pose.c.attempt).where(pose.c.generation_id == generation_id, pose.c.pose_index == index))
 
 
 def seed_duplicates(conn: Connection) -> Sequence[Any]:

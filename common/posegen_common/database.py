@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from posegen_common.secret_files import secret_value
+from posegen_common.sessions import URL_SCHEMES, connect_options
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -23,7 +24,7 @@ MIGRATION_LOCK_ID = 0x706F736567656E  # "posegen"
 
 def sqlalchemy_url(url: str) -> str:
     """DATABASE_URL stays what psql takes; SQLAlchemy is told to use psycopg2."""
-    for scheme in ("postgresql://", "postgres://"):
+    for scheme in URL_SCHEMES:
         if url.startswith(scheme):
             return "postgresql+psycopg2://" + url[len(scheme) :]
     return url
@@ -39,15 +40,7 @@ def create_db_engine(
         pool_pre_ping=True,
         pool_recycle=1800,
         pool_timeout=10,
-        connect_args={
-            "connect_timeout": 5,
-            "application_name": application_name,
-            "options": f"-c statement_timeout={statement_timeout_ms} -c lock_timeout=5000",
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
-        },
+        connect_args=connect_options(application_name=application_name, statement_timeout_ms=statement_timeout_ms),
     )
 
 

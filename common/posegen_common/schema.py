@@ -1,4 +1,5 @@
-"""The data contract shared by the operator and the worker: tables, statuses and Redis keys.
+"""The tables of the data contract shared by the operator and the worker (its statuses, spec and pose
+keys are in ``posegen_common.contract``, which the worker reads without SQLAlchemy).
 
 The seed's SQL runs verbatim against these tables (``pose_generation`` with ``id, status,
 poses_completed, total_expected_poses, started_at``; ``generated_pose`` with ``generation_id,
@@ -7,7 +8,6 @@ pose_library_id``), and its duplicate query returns no rows by construction: uni
 from __future__ import annotations
 
 import datetime as dt
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -26,19 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-class GenerationStatus(StrEnum):
-    """``pose_generation.status``; lower case as in the seed's "stuck in processing"."""
-
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    SUSPENDED = "suspended"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINAL_STATUSES = frozenset({GenerationStatus.COMPLETED, GenerationStatus.FAILED, GenerationStatus.CANCELLED})
+from posegen_common.contract import GenerationStatus
 
 
 class Base(DeclarativeBase):
@@ -123,18 +111,6 @@ class GeneratedPoseRow(Base):
         UniqueConstraint("generation_id", "pose_library_id", name="uq_generated_pose_library_id"),
         UniqueConstraint("generation_id", "pose_index", name="uq_generated_pose_index"),
     )
-
-
-def pose_key(reference_id: str | None, index: int) -> str:
-    """``generated_pose.pose_library_id`` of the index-th pose: one per pose, stable across attempts."""
-    return f"{reference_id or 'text'}:{index:04d}"
-
-
-def reference_for(pose_library_ids: list[str] | None, index: int) -> str | None:
-    """Gallery generations cycle through their reference poses."""
-    if not pose_library_ids:
-        return None
-    return pose_library_ids[index % len(pose_library_ids)]
 
 
 class WorkerCredentialRow(Base):

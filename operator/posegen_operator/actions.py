@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from posegen_common.checkpoint import GenerationSpec
-from posegen_common.schema import GenerationStatus
+from posegen_common.contract import GenerationSpec, GenerationStatus
 from posegen_operator.model import Reason
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from posegen_common.checkpoint import GenerationSpec, GenerationState
+from posegen_common.checkpoint import GenerationState
+from posegen_common.contract import GenerationSpec
 
 if TYPE_CHECKING:
     from posegen_operator.actions import Recovery, StartWorker

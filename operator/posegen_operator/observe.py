@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from posegen_common import checkpoint
-from posegen_common.checkpoint import GenerationSpec
+from posegen_common.contract import GenerationSpec
 from posegen_operator.builders import FINALIZER, LABEL_ATTEMPT, RECOVER_ANNOTATION
 from posegen_operator.cache import Body, ObjectCache
 from posegen_operator.heartbeats import HeartbeatMonitor, HeartbeatReading

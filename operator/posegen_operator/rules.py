@@ -10,9 +10,9 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
 
-from posegen_common.checkpoint import GenerationSpec, GenerationState
+from posegen_common.checkpoint import GenerationState
+from posegen_common.contract import GenerationSpec, GenerationStatus
 from posegen_common.exit_codes import ExitMeaning, Fault, meaning
-from posegen_common.schema import GenerationStatus
 from posegen_operator.actions import (
     Action,
     AddFinalizer,

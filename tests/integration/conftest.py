@@ -1,4 +1,5 @@
-"""The integration tier's shared fixture: a database engine for tests that drive workers directly."""
+"""The integration tier's shared fixtures: a database engine (the operator's side) and a worker's
+database connection, for tests that drive workers directly."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 from posegen_common.database import create_db_engine, migrate
+from posegen_worker.database import Database
 from tests.harness import Cluster
 
 
@@ -21,3 +23,11 @@ def engine(cluster: Cluster) -> Iterator[Engine]:
     yield engine
     engine.dispose()
     cluster.stack.start_operator()
+
+
+@pytest.fixture
+def worker_database(engine: Engine, cluster: Cluster) -> Iterator[Database]:
+    """A worker's connection as ``posegen_worker.run`` opens it (with the stack's own credentials)."""
+    database = Database(cluster.stack.database_url, application_name="test-worker")
+    yield database
+    database.close()

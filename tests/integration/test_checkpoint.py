@@ -17,10 +17,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Engine
 
 from posegen_common import checkpoint, keys
-from posegen_common.checkpoint import RecordedPose, Superseded
+from posegen_common.contract import GenerationSpec, GenerationStatus, Superseded
 from posegen_common.exit_codes import ExitCode
-from posegen_common.schema import Base, GenerationStatus
+from posegen_common.schema import Base
 from posegen_operator.observe import RowCache
+from posegen_worker.checkpoint import RecordedPose, load_checkpoint, record_pose
+from posegen_worker.database import Database
 from tests.harness import SEED_DUPLICATE_QUERY, Cluster, sql
 from tests.integration.workers import finish, new_generation, next_attempt, start_worker, worker_env
 
@@ -37,24 +39,26 @@ def pose(index: int) -> RecordedPose:
     )
 
 
-def test_only_the_current_attempt_records_and_a_pose_counts_once(engine: Engine) -> None:
+def test_only_the_current_attempt_records_and_a_pose_counts_once(engine: Engine, worker_database: Database) -> None:
     generation_id = new_generation(engine)
     with engine.begin() as conn:
         assert checkpoint.begin_attempt(conn, generation_id, 0, None) == 1
-        first = checkpoint.record_pose(conn, generation_id, 1, pose(0))
+    with worker_database.transaction() as cursor:
+        first = record_pose(cursor, generation_id, 1, pose(0))
         # The same pose again (its commit's reply was lost, or a redo): counted once, still this attempt's.
-        again = checkpoint.record_pose(conn, generation_id, 1, pose(0))
+        again = record_pose(cursor, generation_id, 1, pose(0))
         assert (first.poses_completed, first.ours, again.poses_completed, again.ours) == (1, True, 1, True)
     with engine.begin() as conn:
         assert checkpoint.begin_attempt(conn, generation_id, 1, "Hung") == 2
         # A second claim from the same observation loses: never two new attempts.
         assert checkpoint.begin_attempt(conn, generation_id, 1, "Hung") is None
-    with pytest.raises(Superseded), engine.begin() as conn:
-        checkpoint.record_pose(conn, generation_id, 1, pose(1))  # the zombie
-    with engine.begin() as conn:
-        assert checkpoint.record_pose(conn, generation_id, 2, pose(1)).poses_completed == 2
+    with pytest.raises(Superseded), worker_database.transaction() as cursor:
+        record_pose(cursor, generation_id, 1, pose(1))  # the zombie
+    with worker_database.transaction() as cursor:
+        assert record_pose(cursor, generation_id, 2, pose(1)).poses_completed == 2
         # A pose an earlier attempt recorded is not the successor's: it must not publish files for it.
-        assert not checkpoint.record_pose(conn, generation_id, 2, pose(0)).ours
+        assert not record_pose(cursor, generation_id, 2, pose(0)).ours
+    with engine.begin() as conn:
         state = checkpoint.fetch_states(conn, [generation_id])[generation_id]
         rows = conn.exec_driver_sql(
             "SELECT pose_index, attempt FROM generated_pose WHERE generation_id = %s ORDER BY 1", (generation_id,)
@@ -125,15 +129,62 @@ def test_a_transient_retry_spends_no_recovery(engine: Engine) -> None:
     assert state.last_recovery_reason == "DependencyUnavailable"
 
 
-def test_the_last_pose_completes_the_generation_and_nothing_is_written_after(engine: Engine) -> None:
+def test_a_worker_resumes_from_the_spec_the_operator_registered_and_the_poses_recorded(
+    engine: Engine, worker_database: Database
+) -> None:
+    generation_id = str(uuid.uuid4())
+    spec = GenerationSpec(generation_id, "gallery", f"g-{generation_id[:6]}", "p", "GALLERY_REFERENCE", None,
+                          ["lib-a", "lib-b"], 2**40 + 7, 4)  # fmt: skip
+    with engine.begin() as conn:
+        checkpoint.register(conn, spec)
+        checkpoint.begin_attempt(conn, generation_id, 0, None)
+    with (
+        pytest.raises(Superseded, match="at attempt 1 \\(processing\\), not 2"),
+        worker_database.transaction() as cursor,
+    ):
+        load_checkpoint(cursor, generation_id, 2)
+    with worker_database.transaction() as cursor:
+        record_pose(cursor, generation_id, 1, pose(2))
+    next_attempt(engine, generation_id, "Crashed")
+    with worker_database.transaction() as cursor:
+        resumed = load_checkpoint(cursor, generation_id, 2)
+    assert (resumed.spec, resumed.attempt, resumed.recorded) == (spec, 2, {2: 1})
+    with engine.begin() as conn:
+        assert checkpoint.fetch_states(conn, [generation_id])[generation_id].worker_started_at is not None
+    with pytest.raises(Superseded, match="does not exist"), worker_database.transaction() as cursor:
+        load_checkpoint(cursor, str(uuid.uuid4()), 1)
+
+
+def test_the_pose_in_flight_when_suspended_counts_and_stops_the_worker(
+    engine: Engine, worker_database: Database
+) -> None:
+    generation_id = new_generation(engine, total=3)
+    with engine.begin() as conn:
+        checkpoint.begin_attempt(conn, generation_id, 0, None)
+        checkpoint.set_status(conn, generation_id, GenerationStatus.SUSPENDED)
+    with worker_database.transaction() as cursor:
+        recorded = record_pose(cursor, generation_id, 1, pose(0))
+    assert (recorded.poses_completed, recorded.keep_going, recorded.ours) == (1, False, True)
+    with engine.begin() as conn:
+        state = checkpoint.fetch_states(conn, [generation_id])[generation_id]
+    assert (state.status, state.poses_completed) == ("suspended", 1)
+    with pytest.raises(Superseded), worker_database.transaction() as cursor:
+        load_checkpoint(cursor, generation_id, 1)  # a suspended generation starts no worker
+
+
+def test_the_last_pose_completes_the_generation_and_nothing_is_written_after(
+    engine: Engine, worker_database: Database
+) -> None:
     generation_id = new_generation(engine, total=2)
     with engine.begin() as conn:
         checkpoint.begin_attempt(conn, generation_id, 0, None)
-        checkpoint.record_pose(conn, generation_id, 1, pose(0))
-        checkpoint.record_pose(conn, generation_id, 1, pose(1))
+    with worker_database.transaction() as cursor:
+        assert record_pose(cursor, generation_id, 1, pose(0)).keep_going
+        assert not record_pose(cursor, generation_id, 1, pose(1)).keep_going
+    with engine.begin() as conn:
         assert checkpoint.fetch_states(conn, [generation_id])[generation_id].status == "completed"
-    with pytest.raises(Superseded), engine.begin() as conn:
-        checkpoint.record_pose(conn, generation_id, 1, pose(2))
+    with pytest.raises(Superseded), worker_database.transaction() as cursor:
+        record_pose(cursor, generation_id, 1, pose(2))
     with engine.begin() as conn:
         assert checkpoint.begin_attempt(conn, generation_id, 1, "Crashed") is None, "a final row is never reopened"
 

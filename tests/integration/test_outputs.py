@@ -16,12 +16,12 @@ from typing import Any
 import psycopg2
 import pytest
 import redis
-from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, text
 
-from posegen_common import checkpoint
-from posegen_common.checkpoint import PoseRecorded, RecordedPose
 from posegen_common.exit_codes import ExitCode
+from posegen_worker import checkpoint
+from posegen_worker.checkpoint import PoseRecorded, RecordedPose
+from posegen_worker.database import Database
 from posegen_worker.generators.embedded import EmbeddedGenerator
 from posegen_worker.run import Worker
 from posegen_worker.settings import WorkerSettings
@@ -76,7 +76,7 @@ def test_a_zombie_never_overwrites_the_files_of_a_pose_its_successor_recorded(
 
 
 def test_two_workers_of_one_generation_never_crash_each_other(
-    cluster: Cluster, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, engine: Engine, worker_database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The successor runs from start to end just as the zombie publishes its first pose (the
     interleaving is forced at the syscall that gives a file its final name)."""
@@ -89,7 +89,7 @@ def test_two_workers_of_one_generation_never_crash_each_other(
             for name, value in worker_env(cluster, generation_id, attempt, tmp_path).items():
                 env.setenv(name, value)
             settings = WorkerSettings.from_env()
-        return Worker(settings, engine, client, EmbeddedGenerator(pose_seconds=0))
+        return Worker(settings, worker_database, client, EmbeddedGenerator(pose_seconds=0))
 
     successor_codes: list[ExitCode] = []
     interleaved_once = False
@@ -165,7 +165,7 @@ def test_a_worker_stopped_between_its_commit_and_its_files_is_repaired_by_the_ne
 
 
 def test_a_pose_whose_commit_reply_was_lost_keeps_its_files_when_the_retry_finds_a_successor(
-    cluster: Cluster, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, engine: Engine, worker_database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pose 0's transaction commits but the reply never arrives (the connection drops); before the
     worker's retry the operator starts attempt 2. The retry is refused (superseded), yet pose 0's
@@ -175,21 +175,29 @@ def test_a_pose_whose_commit_reply_was_lost_keeps_its_files_when_the_retry_finds
     record_pose = checkpoint.record_pose
     lost_replies: list[int] = []
 
-    def reply_lost(conn: Connection, generation: str, attempt: int, recorded: RecordedPose) -> PoseRecorded:
+    def reply_lost(
+        cursor: psycopg2.extensions.cursor, generation: str, attempt: int, recorded: RecordedPose
+    ) -> PoseRecorded:
         if lost_replies:
-            return record_pose(conn, generation, attempt, recorded)
+            return record_pose(cursor, generation, attempt, recorded)
         lost_replies.append(recorded.index)
-        with engine.begin() as committed:
-            record_pose(committed, generation, attempt, recorded)
+        committed = Database(cluster.stack.database_url, application_name="test-committed")
+        try:
+            with committed.transaction() as other:
+                record_pose(other, generation, attempt, recorded)
+        finally:
+            committed.close()
         next_attempt(engine, generation_id, "Hung")
-        raise OperationalError("COMMIT", {}, psycopg2.OperationalError("server closed the connection unexpectedly"))
+        raise psycopg2.OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(checkpoint, "record_pose", reply_lost)
     with monkeypatch.context() as env:
         for name, value in worker_env(cluster, generation_id, 1, tmp_path).items():
             env.setenv(name, value)
         settings = WorkerSettings.from_env()
-    worker = Worker(settings, engine, redis.Redis.from_url(cluster.stack.redis_url), EmbeddedGenerator(pose_seconds=0))
+    worker = Worker(
+        settings, worker_database, redis.Redis.from_url(cluster.stack.redis_url), EmbeddedGenerator(pose_seconds=0)
+    )
     assert worker.run() == ExitCode.SUPERSEDED
     assert lost_replies == [0]
     assert recorded_by(engine, generation_id) == {0: 1}

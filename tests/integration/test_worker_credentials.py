@@ -15,12 +15,13 @@ import psycopg2
 import pytest
 import redis
 from sqlalchemy import Engine
-from sqlalchemy.exc import ProgrammingError
 
 from posegen_common import checkpoint, keys
-from posegen_common.checkpoint import GenerationSpec, RecordedPose
+from posegen_common.contract import GenerationSpec
 from posegen_common.database import create_db_engine, migrate
 from posegen_common.worker_credentials import WorkerCredentials, mint, revoke, scram_verifier
+from posegen_worker.checkpoint import RecordedPose, load_checkpoint, record_pose
+from posegen_worker.database import Database
 from tests.harness import Cluster, sql
 
 pytestmark = pytest.mark.integration
@@ -121,8 +122,12 @@ def test_a_workers_database_role_touches_nothing_but_its_own_checkpoint(
     cluster: Cluster, engine: Engine, admin_redis: redis.Redis
 ) -> None:
     other = started_generation(engine)
-    with engine.begin() as conn:
-        checkpoint.record_pose(conn, other, 1, pose(0))
+    stack_credentials = Database(cluster.stack.database_url, application_name="test-worker")
+    try:
+        with stack_credentials.transaction() as cursor:
+            record_pose(cursor, other, 1, pose(0))
+    finally:
+        stack_credentials.close()
     own = started_generation(engine)
     url = minted(engine, admin_redis, cluster, own, 1).database_url
 
@@ -148,31 +153,34 @@ def test_a_workers_database_role_touches_nothing_but_its_own_checkpoint(
         url, f"SELECT posegen_mint_worker('{other}', 1, '{scram_verifier('x')}')"
     )
     # Its own checkpoint, through the fenced path, works.
-    worker = create_db_engine(url, application_name="worker", pool_size=1)
+    worker = Database(url, application_name="worker")
     try:
-        with worker.begin() as conn:
-            assert checkpoint.load_checkpoint(conn, own, 1).recorded == {}
-            assert checkpoint.record_pose(conn, own, 1, pose(0)).poses_completed == 1
+        with worker.transaction() as cursor:
+            assert load_checkpoint(cursor, own, 1).recorded == {}
+            assert record_pose(cursor, own, 1, pose(0)).poses_completed == 1
+        with worker.transaction() as cursor:
+            assert load_checkpoint(cursor, own, 1).recorded == {0: 1}
+            assert record_pose(cursor, own, 1, pose(0)).ours, "its own pose recorded again is still its own"
     finally:
-        worker.dispose()
+        worker.close()
     assert sql(cluster, "SELECT poses_completed FROM pose_generation WHERE id = %s", other) == [(1,)]
 
 
 def test_a_superseded_attempt_loses_its_credentials(cluster: Cluster, engine: Engine, admin_redis: redis.Redis) -> None:
     generation_id = started_generation(engine)
     first = minted(engine, admin_redis, cluster, generation_id, 1)
-    zombie = create_db_engine(first.database_url, application_name="zombie", pool_size=1)
+    zombie = Database(first.database_url, application_name="zombie")
     try:
-        with zombie.begin() as conn:  # connected before the recovery: the session outlives its role
-            checkpoint.record_pose(conn, generation_id, 1, pose(0))
+        with zombie.transaction() as cursor:  # connected before the recovery: the session outlives its role
+            record_pose(cursor, generation_id, 1, pose(0))
         with engine.begin() as conn:
             assert checkpoint.begin_attempt(conn, generation_id, 1, "Hung") == 2
         minted(engine, admin_redis, cluster, generation_id, 2)
         # Its role is gone: even its open session may no longer touch the tables.
-        with pytest.raises(ProgrammingError, match="permission denied"), zombie.begin() as conn:
-            checkpoint.record_pose(conn, generation_id, 1, pose(1))
+        with pytest.raises(psycopg2.ProgrammingError, match="permission denied"), zombie.transaction() as cursor:
+            record_pose(cursor, generation_id, 1, pose(1))
     finally:
-        zombie.dispose()
+        zombie.close()
     second = minted(engine, admin_redis, cluster, generation_id, 2)
     # The database itself fences: even the current credentials cannot write for an earlier attempt.
     assert "row-level security" in refused(

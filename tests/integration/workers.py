@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from posegen_common import checkpoint
-from posegen_common.checkpoint import GenerationSpec
+from posegen_common.contract import GenerationSpec
 from posegen_worker.run import output_directory
 from tests.harness import Cluster
 

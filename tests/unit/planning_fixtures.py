@@ -10,8 +10,8 @@ import dataclasses
 import datetime as dt
 from typing import Any, TypeVar
 
-from posegen_common.checkpoint import GenerationSpec, GenerationState
-from posegen_common.schema import GenerationStatus
+from posegen_common.checkpoint import GenerationState
+from posegen_common.contract import GenerationSpec, GenerationStatus
 from posegen_operator.actions import PatchStatus, Plan
 from posegen_operator.model import (
     GenerationView,

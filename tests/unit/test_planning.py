@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from posegen_common.schema import GenerationStatus
+from posegen_common.contract import GenerationStatus
 from posegen_operator.actions import (
     Action,
     AddFinalizer,

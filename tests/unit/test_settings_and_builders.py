@@ -87,6 +87,8 @@ def test_worker_settings_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value, message in (
         ("DATABASE_URL", "mysql://u:secret@db/x", "DATABASE_URL must be a postgresql:// URL"),
         ("DATABASE_URL", "not a url at all", "DATABASE_URL must be a postgresql:// URL"),
+        ("DATABASE_URL", "host=db password=secret", "DATABASE_URL must be a postgresql:// URL"),
+        ("DATABASE_URL", "postgresql://u:secret@db/x?no_such_option=1", "DATABASE_URL must be a postgresql:// URL"),
         ("REDIS_URL", "http://r:6379", "REDIS_URL is not a Redis URL"),
         ("REDIS_URL", "redis://:secret@r:63x9/0", "REDIS_URL is not a Redis URL"),
         ("POSEGEN_GENERATOR", "flux", "FLUX_API_URL and FLUX_API_KEY must be set"),

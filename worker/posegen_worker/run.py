@@ -16,16 +16,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
+import psycopg2
 import redis
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
 
-from posegen_common import checkpoint
-from posegen_common.checkpoint import Checkpoint, PoseRecorded, RecordedPose, Superseded
-from posegen_common.database import create_db_engine, is_connection_error
+from posegen_common.contract import Superseded, pose_key, reference_for
 from posegen_common.exit_codes import ExitCode
-from posegen_common.schema import pose_key, reference_for
-from posegen_worker import faults
+from posegen_worker import checkpoint, faults
+from posegen_worker.checkpoint import Checkpoint, PoseRecorded, RecordedPose
+from posegen_worker.database import CONNECTION_ERRORS, Database
 from posegen_worker.generators import GenerationError, Generator, PoseRequest, build_generator
 from posegen_worker.heartbeat import Heartbeat
 from posegen_worker.outputs import OutputError, PoseFiles
@@ -39,10 +37,10 @@ STOPPING_CAUSES = (GenerationError, faults.DependencyUnavailable, OutputError)
 
 class Worker:
     def __init__(
-        self, settings: WorkerSettings, engine: Engine, redis_client: redis.Redis, generator: Generator
+        self, settings: WorkerSettings, database: Database, redis_client: redis.Redis, generator: Generator
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        self.database = database
         self.redis = redis_client
         self.generator = generator
         self.stop_requested = threading.Event()
@@ -110,8 +108,8 @@ class Worker:
             heartbeat.stop()
 
     def _load(self) -> Checkpoint:
-        with self.engine.begin() as conn:
-            return checkpoint.load_checkpoint(conn, self.settings.generation_id, self.settings.attempt)
+        with self.database.transaction() as cursor:
+            return checkpoint.load_checkpoint(cursor, self.settings.generation_id, self.settings.attempt)
 
     def _files(self, job: Checkpoint) -> PoseFiles:
         spec = job.spec
@@ -148,8 +146,8 @@ class Worker:
         )
 
         def record() -> PoseRecorded:
-            with self.engine.begin() as conn:
-                return checkpoint.record_pose(conn, spec.id, job.attempt, recorded)
+            with self.database.transaction() as cursor:
+                return checkpoint.record_pose(cursor, spec.id, job.attempt, recorded)
 
         try:
             outcome = self._ride_out_database_outage(record)
@@ -169,9 +167,9 @@ class Worker:
         """Superseded while recording: the pose is still ours if an earlier try of the same record
         committed (its reply lost in a connection failure) before the new attempt began."""
         try:
-            with self.engine.begin() as conn:
-                recorder = checkpoint.pose_recorder(conn, job.spec.id, index)
-        except DBAPIError:
+            with self.database.transaction() as cursor:
+                recorder = checkpoint.pose_recorder(cursor, job.spec.id, index)
+        except psycopg2.Error:
             return  # unknown: the staged files wait for the next attempt's repair
         if recorder == job.attempt:
             log.info("pose %d was recorded by this attempt before it was superseded: publishing its files", index)
@@ -191,9 +189,7 @@ class Worker:
         while True:
             try:
                 result = operation()
-            except (OperationalError, DBAPIError) as error:
-                if not is_connection_error(error):
-                    raise
+            except CONNECTION_ERRORS as error:
                 now = time.monotonic()
                 if down_since is None:
                     down_since = now
@@ -224,15 +220,13 @@ def _some(indexes: list[int], limit: int = 20) -> str:
     return f"[{shown}{', …' if len(indexes) > limit else ''}]"
 
 
-def _first_line(error: DBAPIError) -> str:
-    lines = str(error.orig).strip().splitlines()
-    return lines[0] if lines else type(error.orig).__name__
+def _first_line(error: psycopg2.Error) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def run(settings: WorkerSettings) -> ExitCode:
-    engine = create_db_engine(
-        settings.database_url, application_name=f"posegen-worker-{settings.pod_name}", pool_size=1
-    )
+    database = Database(settings.database_url, application_name=f"posegen-worker-{settings.pod_name}")
     redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     generator = build_generator(
         settings.generator,
@@ -242,7 +236,7 @@ def run(settings: WorkerSettings) -> ExitCode:
         flux_timeout=settings.flux_timeout,
         flux_max_attempts=settings.flux_max_attempts,
     )
-    worker = Worker(settings, engine, redis_client, generator)
+    worker = Worker(settings, database, redis_client, generator)
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: finishing the current pose", signal.Signals(signum).name)
@@ -253,4 +247,4 @@ def run(settings: WorkerSettings) -> ExitCode:
     try:
         return worker.run()
     finally:
-        engine.dispose()
+        database.close()

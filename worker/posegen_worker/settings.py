@@ -6,11 +6,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
+import psycopg2.extensions
 from redis.connection import parse_url
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from posegen_common.database import sqlalchemy_url
+from posegen_common.sessions import URL_SCHEMES
 
 
 class SettingsError(ValueError):
@@ -38,10 +38,12 @@ def _number(name: str, default: str, minimum: float) -> float:
 def _database_url() -> str:
     url = _env("DATABASE_URL")
     try:
-        backend = make_url(sqlalchemy_url(url)).get_backend_name()
-    except ArgumentError:
-        backend = None  # the parser's message would quote the URL, password included
-    if backend != "postgresql":
+        psycopg2.extensions.parse_dsn(url)  # what libpq will connect with
+    except psycopg2.ProgrammingError:
+        valid = False  # libpq's message would quote the URL, password included
+    else:
+        valid = url.startswith(URL_SCHEMES)  # not key=value pairs
+    if not valid:
         raise SettingsError("DATABASE_URL must be a postgresql:// URL")
     return url
 

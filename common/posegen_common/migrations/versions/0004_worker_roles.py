@@ -27,7 +27,7 @@ branch_labels = None
 depends_on = None
 
 WORKER_GROUP = "posegen_worker"
-# Columns a worker writes (checkpoint.load_checkpoint and record_pose; updated_at by SQLAlchemy).
+# Columns a worker writes (posegen_worker.checkpoint: load_checkpoint and record_pose).
 PROGRESS_COLUMNS = "worker_started_at, poses_completed, last_pose_at, status, completed_at, updated_at"
 
 
