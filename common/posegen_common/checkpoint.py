@@ -117,6 +117,17 @@ def fetch_unfinished_ids(conn: Connection, namespaces: Collection[str] = ()) -> 
     return set(conn.scalars(query))
 
 
+def fetch_unfinished_among(conn: Connection, ids: Collection[str]) -> set[str]:
+    """Which of ``ids`` (by primary key) are not final yet, suspended included."""
+    if not ids:
+        return set()
+    query = select(generation.c.id).where(
+        generation.c.id == any_(bindparam("ids", list(ids), type_=ARRAY(String))),
+        generation.c.status.not_in(list(FINAL_STATUSES)),
+    )
+    return set(conn.scalars(query))
+
+
 @dataclass(frozen=True)
 class ReadMark:
     """Taken before a pass's reads: the database's clock, and the oldest transaction still running

@@ -139,6 +139,11 @@ class ObjectCache:
         with self._lock:
             return list(self._objects["pods"].values())
 
+    def deleted(self, kind: str) -> set[str]:
+        """Uids the watch saw deleted lately (until a later list has caught up with them)."""
+        with self._lock:
+            return set(self._deleted[kind])
+
     def has_pods(self, owner_uid: str) -> bool:
         with self._lock:
             return owner_uid in self._pods_by_owner

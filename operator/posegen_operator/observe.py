@@ -160,8 +160,8 @@ class Observer:
 
     def observe(self, *, first_pass: bool, refresh: bool) -> Observation:
         """The pass's observation; only generations with something to do are looked at closely.
-        ``refresh`` (with each re-list) reads every row in play afresh and looks for orphans: rows
-        still unfinished whose resource is gone."""
+        ``refresh`` (with each re-list) reads every row in play afresh and looks for orphans among
+        them: rows still unfinished whose resource is gone."""
         bodies = self.cache.generations()
         counts: dict[str, int] = {}
         for body in bodies:
@@ -172,10 +172,13 @@ class Observer:
         with self.engine.connect() as conn:
             mark = checkpoint.read_mark(conn)
             rows = self.rows.read(conn, ids, mark, refresh=refresh)
-            orphans: frozenset[str] = frozenset()
+            # A generation deleted without our finalizer (one that never had a worker) leaves its
+            # row behind: looked up at once among the deletions the watch saw, and with every
+            # re-list among all rows in play.
+            orphans = frozenset(checkpoint.fetch_unfinished_among(conn, self.cache.deleted("generations")))
             if refresh:
                 known = {body["metadata"]["uid"] for body in bodies}
-                orphans = frozenset(checkpoint.fetch_unfinished_ids(conn, self.settings.namespaces) - known)
+                orphans |= checkpoint.fetch_unfinished_ids(conn, self.settings.namespaces) - known
                 self.poison.forget(known | {pod["metadata"]["uid"] for pod in self.cache.pods()})
         processing = [(i, rows[i].attempt) for i in ids if i in rows and rows[i].status == "processing"]
         heartbeats = self.heartbeats.read(processing)

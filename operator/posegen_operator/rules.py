@@ -74,6 +74,7 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
         result.actions.append(
             SetRowStatus(("", ""), generation_id, GenerationStatus.CANCELLED, "its PoseGeneration no longer exists")
         )
+        result.actions.append(RevokeCredentials(("", ""), generation_id))
     return result
 
 
@@ -101,11 +102,14 @@ def _decide(view: GenerationView, snapshot: Snapshot, config: PlanConfig, result
     if view.deleting:
         _cancel(view, actions, result)
         return None
-    if not view.has_finalizer:
-        actions.append(AddFinalizer(view.key))
     if view.row is None:
         actions.append(RegisterRow(view.key, view.spec))
     row = view.row or _fresh_row(view.spec)
+    # The finalizer guards what a worker leaves (its pod, its credentials): a generation gets it
+    # when its first worker is admitted (``_admit``), not while it waits. A queued one deleted
+    # meanwhile leaves only its row, which is cancelled as an orphan.
+    if not view.has_finalizer and row.attempt > 0:
+        actions.append(AddFinalizer(view.key))
     decision = Decision(view, row)
     current = _current_pod(view.pods, row.attempt)
     for pod in view.pods:
@@ -483,6 +487,8 @@ def _admit(decisions: list[Decision], config: PlanConfig, result: Plan, stopping
             holding[namespace] += 1
     for decision in admitted:
         view, row = decision.view, decision.row
+        if not view.has_finalizer and row.attempt == 0:
+            result.actions.append(AddFinalizer(view.key))  # its first worker: see _decide
         start = StartWorker(
             view.key, view.uid, row.id, row.attempt, None, "", row.poses_completed, row.total_expected_poses
         )

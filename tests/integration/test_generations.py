@@ -16,6 +16,7 @@ from tests.harness import (
     Cluster,
     create_generation,
     generation_manifest,
+    get_generation,
     patch_spec,
     sql,
     status_of,
@@ -202,6 +203,23 @@ def test_deleting_a_running_generation_cancels_it_and_keeps_its_poses(cluster: C
     kept = sql(cluster, "SELECT count(*) FROM generated_pose WHERE generation_id = %s", status["generationId"])
     assert kept[0][0] == row[0][1] >= 3
     assert "SIGTERM" in worker_log(cluster, namespace, status["workerPod"])
+
+
+def test_a_generation_that_never_ran_is_deleted_at_once_and_its_row_cancelled(cluster: Cluster, namespace: str) -> None:
+    # Nothing to clean up but its row: no finalizer holds the deletion, and the row is found among
+    # the deletions the watch saw (the re-list, which would also find it, comes every 5 minutes).
+    create_generation(cluster, namespace, "never-ran", variationCount=10, suspend=True)
+    status = wait_for_phase(cluster, namespace, "never-ran", "Suspended")
+    assert not get_generation(cluster, namespace, "never-ran")["metadata"].get("finalizers")
+    cluster.kubectl("-n", namespace, "delete", "posegeneration", "never-ran", "--wait=true", "--timeout=10s")
+
+    wait_for(
+        lambda: (
+            sql(cluster, "SELECT status FROM pose_generation WHERE id = %s", status["generationId"]) == [("cancelled",)]
+        ),
+        timeout=20,
+        what="the row to be cancelled",
+    )
 
 
 def test_suspend_then_resume_completes_without_redoing_poses(cluster: Cluster, namespace: str) -> None:

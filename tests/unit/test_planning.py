@@ -139,8 +139,8 @@ def test_new_resource_is_registered_started_and_reported() -> None:
 
     message = "worker a-w1 starting"
     assert result.actions == [
-        AddFinalizer(key("a")),
         RegisterRow(key("a"), spec("a")),
+        AddFinalizer(key("a")),
         StartWorker(key("a"), uid("a"), uid("a"), expected_attempt=0, reason=None, detail="", total=TOTAL),
         PatchStatus(
             key("a"),
@@ -171,6 +171,22 @@ def test_a_registered_resource_with_our_finalizer_is_not_registered_again() -> N
     assert of_type(result, AddFinalizer) == []
     assert of_type(result, RegisterRow) == []
     assert [s.expected_attempt for s in of_type(result, StartWorker)] == [0]
+
+
+def test_a_new_resource_that_must_wait_gets_no_finalizer_until_its_worker_is_admitted() -> None:
+    # Nothing to clean up while it waits: one API write fewer for each resource in a burst.
+    waiting = generation("b", row=None, has_finalizer=False, created_at=ago(1))
+
+    result = run(steady("a"), waiting, cfg=config(max_concurrent=1))
+
+    assert of_type(result, AddFinalizer) == []
+    assert of_type(result, RegisterRow) == [RegisterRow(key("b"), spec("b"))]
+    assert result.queued == [uid("b")]
+
+    admitted = run(dataclasses.replace(queued("b"), has_finalizer=False), cfg=config(max_concurrent=1))
+
+    kinds = [type(a) for a in admitted.actions if a.key == key("b")]
+    assert kinds.index(AddFinalizer) < kinds.index(StartWorker)
 
 
 def test_a_missing_finalizer_is_added_back_to_a_running_generation() -> None:
@@ -1051,13 +1067,15 @@ def test_manual_check_names_the_recovery_of_a_dead_worker() -> None:
 
 
 # ---- rows without a resource, and the plan's bookkeeping ----------------------------------------
-def test_orphan_rows_are_cancelled() -> None:
+def test_orphan_rows_are_cancelled_and_their_logins_revoked() -> None:
     result = run(orphans=frozenset({"row-2", "row-1"}))
 
     message = "its PoseGeneration no longer exists"
     assert result.actions == [
         SetRowStatus(("", ""), "row-1", GenerationStatus.CANCELLED, message),
+        RevokeCredentials(("", ""), "row-1"),
         SetRowStatus(("", ""), "row-2", GenerationStatus.CANCELLED, message),
+        RevokeCredentials(("", ""), "row-2"),
     ]
 
 
