@@ -35,7 +35,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def generation_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def generation_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    # async: a cache update is quick, and kopf would hand a sync handler to a thread for every
+    # event (a restart lists thousands).
     runtime: Runtime | None = memo.get("runtime")
     if runtime is None:
         return
@@ -43,10 +45,10 @@ def generation_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     cache = runtime.controller.cache
     if event["type"] == "DELETED":
         cache.remove("generations", body)
+        runtime.controller.notify()  # one that never ran has no finalizer: its row is cancelled now
         return
     cache.upsert("generations", body)
-    # Only if it has something to do: a re-list brings thousands of finished ones, and a deleted
-    # one was seen deleting, thanks to our finalizer.
+    # Only if it has something to do: a re-list brings thousands of finished ones.
     if needs_attention(body, cache.has_pods(body["metadata"]["uid"])):
         runtime.controller.notify()
 
