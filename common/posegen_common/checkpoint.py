@@ -11,15 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, String, Table, any_, bindparam, func, select, text, update
+from sqlalchemy import Connection, String, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from posegen_common.contract import FINAL_STATUSES, GenerationSpec, GenerationStatus
-from posegen_common.schema import PoseGenerationRow
-
-generation = cast(Table, PoseGenerationRow.__table__)
+from posegen_common.schema import pose_generation as generation
 
 
 @dataclass(frozen=True)

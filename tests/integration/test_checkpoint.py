@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine
 from posegen_common import checkpoint, keys
 from posegen_common.contract import GenerationSpec, GenerationStatus, Superseded
 from posegen_common.exit_codes import ExitCode
-from posegen_common.schema import Base
+from posegen_common.schema import metadata
 from posegen_operator.observe import RowCache
 from posegen_worker.checkpoint import RecordedPose, load_checkpoint, record_pose
 from posegen_worker.database import Database
@@ -295,5 +295,5 @@ def test_a_pass_reads_every_row_written_since_its_last_read_even_one_committed_l
 
 def test_the_migrations_build_the_schema_the_models_describe(engine: Engine) -> None:
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
     assert differences == []

@@ -5,17 +5,17 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from posegen_common.schema import Base
+from posegen_common.schema import metadata
 
 config = context.config
 connection = config.attributes.get("connection")
 if connection is None:
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=Base.metadata)
+        context.configure(connection=conn, target_metadata=metadata)
         with context.begin_transaction():
             context.run_migrations()
 else:
-    context.configure(connection=connection, target_metadata=Base.metadata)
+    context.configure(connection=connection, target_metadata=metadata)
     with context.begin_transaction():
         context.run_migrations()
