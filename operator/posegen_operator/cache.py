@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
 from posegen_operator.builders import GROUP, KIND
@@ -48,7 +48,11 @@ def slim(kind: str, body: Body) -> Body:
     for part in ("spec", "status") if kind == "generations" else ("status",):
         if part in body:
             read[part] = body[part]
-    return cast(Body, _interned(read))
+    read = cast(Body, _interned(read))
+    conditions = (read.get("status") or {}).get("conditions")
+    if kind == "generations" and isinstance(conditions, list):
+        read["status"]["conditions"] = [Condition.compact(c) for c in conditions]
+    return read
 
 
 def _interned(value: Any) -> Any:
@@ -59,6 +63,42 @@ def _interned(value: Any) -> Any:
     if isinstance(value, list):
         return [_interned(item) for item in value]
     return value
+
+
+class Condition(Mapping[str, Any]):
+    """A status condition as a read-only mapping of its six standard fields: five per generation,
+    ten thousand generations, a third of the memory of as many dicts."""
+
+    FIELDS = ("type", "status", "reason", "message", "lastTransitionTime", "observedGeneration")
+    __slots__ = FIELDS
+
+    @classmethod
+    def compact(cls, condition: Any) -> Any:
+        """``condition`` as a Condition when it holds the standard fields only, else as it is."""
+        if not isinstance(condition, dict) or not condition.keys() <= set(cls.FIELDS):
+            return condition
+        compacted = cls()
+        for field in cls.FIELDS:
+            if field in condition:
+                setattr(compacted, field, condition[field])
+        return compacted
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.FIELDS:
+            raise KeyError(key)
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return (field for field in self.FIELDS if hasattr(self, field))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"Condition({dict(self)!r})"
 
 
 class ObjectCache:

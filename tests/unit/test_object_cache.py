@@ -3,9 +3,12 @@ and a re-list never undoes what the watch saw while the list was in flight."""
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 from typing import Any
 
-from posegen_operator.cache import ObjectCache
+from posegen_operator.cache import Condition, ObjectCache
+from posegen_operator.status import CONDITION_TYPES, updated_conditions
 
 
 def obj(uid: str, version: int, owners: tuple[str, ...] = (), **meta: Any) -> dict[str, Any]:
@@ -148,3 +151,34 @@ def test_a_list_taken_earlier_never_resurrects_a_pod_a_later_list_saw_deleted() 
     cache.replace("pods", [obj("p1", 120, ("g1",))], listed_at=150)
 
     assert cache.pods_of("g1") == []
+
+
+def test_cached_conditions_are_compact_and_read_and_compare_as_the_dicts_they_were() -> None:
+    conditions: list[dict[str, Any]] = [
+        {
+            "type": kind,
+            "status": "False",
+            "reason": "AsExpected",
+            "message": "",
+            "lastTransitionTime": "2026-12-01T06:34:45Z",
+            "observedGeneration": 1,
+        }
+        for kind in CONDITION_TYPES
+    ]
+    foreign = {"type": "Reviewed", "status": "True", "reviewer": "someone"}  # not ours: kept as it is
+    generation = obj("g", 1, name="g", namespace="ns") | {"status": {"conditions": [*conditions, foreign]}}
+    cache = ObjectCache()
+    cache.upsert("generations", generation)
+
+    (cached,) = cache.generations()
+    compact = cached["status"]["conditions"]
+    assert all(isinstance(c, Condition) for c in compact[:5]) and compact[5] == foreign
+    assert compact == [*conditions, foreign]
+    assert ([*conditions, foreign] != compact) is False  # how a pass compares what it renders
+    assert compact[1]["type"] == "Degraded" and compact[1].get("reason") == "AsExpected"
+    assert compact[1].get("missing") is None and dict(compact[1]) == conditions[1]
+    assert sys.getsizeof(compact[0]) < sys.getsizeof(conditions[0]) / 2
+    # The status a pass renders from them is unchanged, so nothing is patched.
+    desired = {c["type"]: (c["status"], c["reason"], c["message"]) for c in conditions}
+    now = dt.datetime(2026, 12, 1, 7, tzinfo=dt.UTC)
+    assert updated_conditions(compact[:5], desired, 1, now) == compact[:5]
