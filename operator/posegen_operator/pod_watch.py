@@ -22,7 +22,7 @@ import urllib3
 
 from posegen_operator.builders import WORKER_SELECTOR
 from posegen_operator.cache import Body, ObjectCache
-from posegen_operator.kube import ApiError, KubeClient, lines, resource_path
+from posegen_operator.kube import ApiError, KubeClient, lines, release, resource_path
 
 log = logging.getLogger("posegen.operator")
 PAGE_SIZE = 500
@@ -212,7 +212,7 @@ class PodWatch:
     def _release(self, response: urllib3.BaseHTTPResponse) -> None:
         with self._lock:
             self._responses.discard(response)
-        response.release_conn()
+        release(response)
 
 
 def _events(response: urllib3.BaseHTTPResponse) -> Iterator[dict[str, Any]]:

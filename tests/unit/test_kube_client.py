@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from posegen_devstack.pki import Pki, ensure_pki
 from posegen_operator.act.errors import describe
-from posegen_operator.kube import MERGE_PATCH, ApiError, KubeClient, lines, resource_path
+from posegen_operator.kube import MERGE_PATCH, ApiError, KubeClient, KubeConfig, lines, release, resource_path
 from posegen_operator.kube.client import Query
 from posegen_operator.kube.config import from_kubeconfig
 
@@ -31,6 +31,7 @@ TIMEOUT = (5.0, 5.0)
 class Reply:
     status: int
     chunks: list[bytes]  # sent as HTTP chunks, each flushed on its own
+    hold: threading.Event | None = None  # the rest waits for it after the first chunk (a watch between events)
 
 
 @dataclass
@@ -59,7 +60,16 @@ def server(pki: Pki) -> Iterator[ApiServer]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_cert))
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_cert_chain(pki.serving_cert, pki.serving_key)
+    yield from serve(context)
 
+
+@pytest.fixture
+def plain_server() -> Iterator[ApiServer]:
+    """Without TLS, whose records may make a reused connection look dropped to urllib3."""
+    yield from serve(None)
+
+
+def serve(context: ssl.SSLContext | None) -> Iterator[ApiServer]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -69,26 +79,32 @@ def server(pki: Pki) -> Iterator[ApiServer]:
                 self.close_connection = True
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            assert isinstance(self.connection, ssl.SSLSocket)
-            certificate = x509.load_der_x509_certificate(self.connection.getpeercert(binary_form=True) or b"")
-            name = str(certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-            api.seen.append(Seen(self.command, self.path, dict(self.headers), body, name))
+            api.seen.append(Seen(self.command, self.path, dict(self.headers), body, self._client()))
             reply = api.replies.get(self.path, Reply(404, [b'{"kind":"Status","message":"not here"}']))
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for chunk in reply.chunks:
+            for index, chunk in enumerate(reply.chunks):
+                if index == 1 and reply.hold:
+                    reply.hold.wait(10)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
+
+        def _client(self) -> str:
+            if not isinstance(self.connection, ssl.SSLSocket):
+                return ""
+            certificate = x509.load_der_x509_certificate(self.connection.getpeercert(binary_form=True) or b"")
+            return str(certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
         def log_message(self, *_: object) -> None:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    api = ApiServer(f"https://127.0.0.1:{httpd.server_address[1]}")
+    if context is not None:
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    api = ApiServer(f"{'https' if context else 'http'}://127.0.0.1:{httpd.server_address[1]}")
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield api
     httpd.shutdown()
@@ -189,3 +205,22 @@ def test_a_watch_is_read_line_by_line_however_its_chunks_fall(tmp_path: Path, pk
     with pytest.raises(ApiError) as gone:
         api.open(resource_path("v1", "pods"), query={"watch": True, "resourceVersion": 1}, timeout=TIMEOUT)
     assert (gone.value.status, gone.value.message) == (410, "too old resource version")
+
+
+def test_a_watch_cut_short_leaves_no_stream_for_the_next_request(plain_server: ApiServer) -> None:
+    later = threading.Event()
+    plain_server.replies["/api/v1/pods?watch=true"] = Reply(200, [b'{"type": "ADDED"}\n', b'{"type": "LATE"}\n'], later)
+    plain_server.replies["/api/v1/namespaces/ns/pods"] = Reply(201, [b'{"kind": "Pod"}'])
+    api = KubeClient(KubeConfig(server=plain_server.url), connections=1)
+
+    watch = api.open(resource_path("v1", "pods"), query={"watch": True}, timeout=TIMEOUT)
+    events = lines(watch)
+    assert json.loads(next(events)) == {"type": "ADDED"}
+    release(watch)  # as the pod watch does when it stops reading mid-stream (an ERROR event), events still open
+
+    try:  # a create (never retried) while the old stream waits for its next event
+        created = api.request("POST", resource_path("v1", "pods", "ns"), body={"kind": "Pod"}, timeout=TIMEOUT)
+    finally:
+        later.set()
+    assert created == {"kind": "Pod"}
+    assert [seen.method for seen in plain_server.seen] == ["GET", "POST"], "the create was sent once"

@@ -3,7 +3,7 @@
 The ``kubernetes`` package would cost the operator ~18 MiB of imports (its generated models,
 pydantic, websocket, google-auth) for the handful of requests it makes."""
 
-from posegen_operator.kube.client import MERGE_PATCH, ApiError, KubeClient, lines, resource_path
+from posegen_operator.kube.client import MERGE_PATCH, ApiError, KubeClient, lines, release, resource_path
 from posegen_operator.kube.config import KubeConfig, KubeConfigError, load_config
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "KubeConfigError",
     "lines",
     "load_config",
+    "release",
     "resource_path",
 ]

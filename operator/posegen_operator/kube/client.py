@@ -88,13 +88,13 @@ class KubeClient:
 
     def open(self, path: str, *, timeout: Timeout, query: Query | None = None) -> urllib3.BaseHTTPResponse:
         """A GET whose body is read as it arrives (a watch, a large list): the caller reads it,
-        then ``release_conn()``; ``shutdown()`` from another thread ends a blocked read."""
+        then ``release``s it; ``shutdown()`` from another thread ends a blocked read."""
         response = self._send("GET", path, timeout, query, None, JSON, preload=False)
         if not 200 <= response.status < 300:
             try:
                 raise ApiError.from_response(response)
             finally:
-                response.release_conn()
+                release(response)
         return response
 
     def close(self) -> None:
@@ -141,6 +141,15 @@ def lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         yield from complete
     if pending:
         yield pending
+
+
+def release(response: urllib3.BaseHTTPResponse) -> None:
+    """Hand a streamed response's connection back to the pool. One not read to its end (a watch
+    left mid-stream) is closed first: the pool is shared, and the next request sent on it would
+    queue behind the rest of the stream."""
+    if not response.closed:
+        response.close()
+    response.release_conn()
 
 
 def ssl_context(config: KubeConfig) -> ssl.SSLContext:
