@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import uuid
@@ -18,6 +19,8 @@ from posegen_devstack import kubelet_node
 from posegen_devstack.operator_process import worker_secret
 from posegen_devstack.processes import wait_for
 from posegen_devstack.stack import Stack
+from posegen_operator.kube import KubeClient
+from posegen_operator.kube.config import from_kubeconfig
 
 T = TypeVar("T")
 
@@ -40,6 +43,11 @@ class Cluster:
     @property
     def coordination(self) -> kubernetes.client.CoordinationV1Api:
         return kubernetes.client.CoordinationV1Api(self.api)
+
+    @functools.cached_property
+    def operator_api(self) -> KubeClient:
+        """The operator's own client (kube/), from the same kubeconfig: for its parts under test."""
+        return KubeClient(from_kubeconfig([self.stack.kubeconfig]), connections=4)
 
     @property
     def env(self) -> dict[str, str]:

@@ -8,7 +8,7 @@ import sys
 import kopf
 
 from posegen_common.logs import configure_logging
-from posegen_operator import handlers  # noqa: F401 - registers the kopf handlers
+from posegen_operator import handlers, login  # noqa: F401 - register the kopf handlers and how kopf logs in
 from posegen_operator.settings import Settings, SettingsError
 
 

@@ -16,16 +16,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import kubernetes
 import redis
 from aiohttp import web
-from kubernetes.client.exceptions import ApiException
 from sqlalchemy import Engine
 
 from posegen_common import checkpoint, keys
 from posegen_operator.builders import GROUP, KIND, PLURAL, VERSION
 from posegen_operator.controller import Controller
 from posegen_operator.health import HealthCheck
+from posegen_operator.kube import ApiError, KubeClient, resource_path
 from posegen_operator.metrics import Metrics
 from posegen_operator.settings import Settings
 
@@ -52,7 +51,7 @@ class ApiContext:
     controller: Controller
     engine: Engine
     redis: redis.Redis
-    api: kubernetes.client.ApiClient
+    api: KubeClient
     metrics: Metrics
     default_namespace: str
 
@@ -176,15 +175,13 @@ async def recovery_trigger(context: ApiContext, _request: web.Request) -> web.Re
 def _active_replica(context: ApiContext) -> str | None:
     """The Lease's holder identity, for the operator's logs and the caller; None when unknown."""
     settings = context.settings
-    coordination = kubernetes.client.CoordinationV1Api(context.api)
+    path = resource_path("coordination.k8s.io/v1", "leases", settings.lease_namespace, settings.lease_name)
     try:
-        lease = coordination.read_namespaced_lease(
-            settings.lease_name, settings.lease_namespace, _request_timeout=(3, 5)
-        )
+        lease = context.api.request("GET", path, timeout=(3, 5))
     except Exception as error:  # an answer without the name is still the right answer
         log.warning("lease %s/%s unreadable: %s", settings.lease_namespace, settings.lease_name, type(error).__name__)
         return None
-    holder = lease.spec.holder_identity if lease.spec else None
+    holder = (lease.get("spec") or {}).get("holderIdentity")
     return str(holder) if holder else None
 
 
@@ -222,14 +219,14 @@ async def generate(context: ApiContext, request: web.Request) -> web.Response:
         return _bad_request(f"namespace {namespace!r} is not open to /generate", status=403)
     # Always a generated name: a caller cannot squat or guess the name of someone else's generation.
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"generateName": "gen-"}, "spec": payload}
-    custom = kubernetes.client.CustomObjectsApi(context.api)
+    path = resource_path(f"{GROUP}/{VERSION}", PLURAL, namespace)
     try:
-        created = await asyncio.to_thread(
-            custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body, _request_timeout=(5, 15)
-        )
-    except ApiException as error:
+        created = await asyncio.to_thread(context.api.request, "POST", path, body=body, timeout=(5, 15))
+    except ApiError as error:
         if error.status in (400, 409, 422):
-            return _bad_request(_api_message(error), status=409 if error.status == 409 else 400)
+            # The API server's own explanation (a CEL or schema message), which is about the request.
+            message = error.message or "the request was refused by the API server"
+            return _bad_request(message, status=409 if error.status == 409 else 400)
         if error.status == 404:
             return _bad_request(f"namespace {namespace!r} not found", status=404)
         if error.status == 403:
@@ -310,11 +307,3 @@ def generate_allowed(patterns: tuple[str, ...], default_namespace: str, namespac
 
 def _bad_request(reason: str, status: int = 400) -> web.Response:
     return web.json_response({"success": False, "error": reason}, status=status)
-
-
-def _api_message(error: ApiException) -> str:
-    """The API server's own explanation (a CEL or schema message), which is about the request."""
-    try:
-        return str(json.loads(error.body)["message"])
-    except (TypeError, ValueError, KeyError):
-        return "the request was refused by the API server"

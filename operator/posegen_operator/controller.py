@@ -14,7 +14,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import kubernetes
 import redis
 from sqlalchemy import Engine
 
@@ -23,6 +22,7 @@ from posegen_operator.act import Actor
 from posegen_operator.actions import Plan
 from posegen_operator.cache import ObjectCache
 from posegen_operator.heartbeats import HeartbeatMonitor
+from posegen_operator.kube import KubeClient
 from posegen_operator.leader import LeaderElector
 from posegen_operator.listing import relist
 from posegen_operator.metrics import Metrics
@@ -52,7 +52,7 @@ class Controller:
     def __init__(
         self,
         settings: Settings,
-        api: kubernetes.client.ApiClient,
+        api: KubeClient,
         engine: Engine,
         redis_client: redis.Redis,
         metrics: Metrics,

@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
+from posegen_operator.kube import ApiError, KubeClient, resource_path
 
 log = logging.getLogger("posegen.operator")
 REQUEST_TIMEOUT = (3, 5)
+LEASES = "coordination.k8s.io/v1"
 
 
 def _micro(value: dt.datetime) -> str:
@@ -39,7 +40,7 @@ class _Record:
 class LeaderElector:
     def __init__(
         self,
-        api: kubernetes.client.ApiClient | None,
+        api: KubeClient | None,
         *,
         name: str,
         namespace: str,
@@ -50,7 +51,7 @@ class LeaderElector:
         enabled: bool = True,
         on_change: Callable[[bool], None] | None = None,
     ) -> None:
-        self.coordination = kubernetes.client.CoordinationV1Api(api) if enabled else None
+        self.api = api if enabled else None
         self.name, self.namespace, self.identity = name, namespace, identity
         self.lease_seconds = lease_seconds
         self.renew_deadline = renew_deadline_seconds
@@ -67,13 +68,13 @@ class LeaderElector:
     @property
     def is_leader(self) -> bool:
         """True while this replica holds the lease and renewed it within the renew deadline."""
-        if self.coordination is None:
+        if self.api is None:
             return True
         with self._lock:
             return self._leading and time.monotonic() - self._renewed_at < self.renew_deadline
 
     def start(self) -> None:
-        if self.coordination is not None:
+        if self.api is not None:
             self._thread.start()
 
     def stop(self) -> None:
@@ -111,59 +112,58 @@ class LeaderElector:
 
     def release(self) -> None:
         """Hand over at once on a clean shutdown, but only a lease we still hold."""
-        if self.coordination is None or not self.is_leader:
+        if self.api is None or not self.is_leader:
             return
         self._set_leading(False)
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
-            if lease.spec.holder_identity != self.identity:
+            lease = self._read()
+            spec = lease.setdefault("spec", {})
+            if spec.get("holderIdentity") != self.identity:
                 return
-            lease.spec.holder_identity = None
-            lease.spec.lease_duration_seconds = 1
+            del spec["holderIdentity"]
+            spec["leaseDurationSeconds"] = 1
             # replace carries the resourceVersion we read: it fails if anyone took the lease since.
-            self.coordination.replace_namespaced_lease(
-                self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
-            )
+            self._replace(lease)
         except Exception as error:
             log.warning("lease not released: %s", error)
 
     def _try_acquire_or_renew(self) -> bool:
-        assert self.coordination is not None
+        assert self.api is not None
         now = dt.datetime.now(dt.UTC)
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
+            lease = self._read()
+        except ApiError as error:
             if error.status != 404:
                 raise
-            body = {"metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(now, 0, now)}
+            metadata = {"name": self.name, "namespace": self.namespace}
+            body = {"metadata": metadata, "spec": self._spec(now, 0, _micro(now))}
             try:
-                self.coordination.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_TIMEOUT)
-            except ApiException as conflict:
+                self.api.request(
+                    "POST", resource_path(LEASES, "leases", self.namespace), body=body, timeout=REQUEST_TIMEOUT
+                )
+            except ApiError as conflict:
                 if conflict.status == 409:
                     return False
                 raise
             self._renewed(now)
             return True
-        spec = lease.spec
-        holder = spec.holder_identity
-        renew_time = spec.renew_time or spec.acquire_time
+        spec: dict[str, Any] = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
         record = _Record(
-            holder, renew_time.isoformat() if renew_time else None, float(spec.lease_duration_seconds or 0)
+            holder, spec.get("renewTime") or spec.get("acquireTime"), float(spec.get("leaseDurationSeconds") or 0)
         )
         monotonic = time.monotonic()
         if record != self._observed:
             self._observed, self._observed_at = record, monotonic
         if holder and holder != self.identity and monotonic < self._observed_at + record.duration:
             return False  # held by another replica, renewed within its duration as we saw it
-        transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
-        acquired = spec.acquire_time if holder == self.identity and spec.acquire_time else now
-        lease.spec = self._spec(now, transitions, acquired)
+        transitions = (spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
+        acquired = spec.get("acquireTime") if holder == self.identity else None
+        lease["spec"] = self._spec(now, transitions, acquired or _micro(now))
         try:
             # replace carries the resourceVersion we read: a concurrent writer makes this fail (409).
-            self.coordination.replace_namespaced_lease(
-                self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as error:
+            self._replace(lease)
+        except ApiError as error:
             if error.status == 409:
                 return False
             raise
@@ -173,14 +173,24 @@ class LeaderElector:
     def _renewed(self, now: dt.datetime) -> None:
         with self._lock:
             self._renewed_at = time.monotonic()
-        self._observed = _Record(self.identity, now.isoformat(), self.lease_seconds)
+        self._observed = _Record(self.identity, _micro(now), self.lease_seconds)
         self._observed_at = time.monotonic()
 
-    def _spec(self, now: dt.datetime, transitions: int, acquired: dt.datetime) -> dict[str, object]:
+    def _read(self) -> dict[str, Any]:
+        assert self.api is not None
+        path = resource_path(LEASES, "leases", self.namespace, self.name)
+        return self.api.request("GET", path, timeout=REQUEST_TIMEOUT)
+
+    def _replace(self, lease: dict[str, Any]) -> None:
+        assert self.api is not None
+        path = resource_path(LEASES, "leases", self.namespace, self.name)
+        self.api.request("PUT", path, body=lease, timeout=REQUEST_TIMEOUT)
+
+    def _spec(self, now: dt.datetime, transitions: int, acquired: str) -> dict[str, object]:
         return {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": int(self.lease_seconds),
-            "acquireTime": _micro(acquired),
+            "acquireTime": acquired,
             "renewTime": _micro(now),
             "leaseTransitions": transitions,
         }

@@ -18,12 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import kubernetes
 import urllib3
-from kubernetes.watch.watch import iter_resp_lines
 
 from posegen_operator.builders import WORKER_SELECTOR
 from posegen_operator.cache import Body, ObjectCache
+from posegen_operator.kube import ApiError, KubeClient, lines, release, resource_path
 
 log = logging.getLogger("posegen.operator")
 PAGE_SIZE = 500
@@ -53,14 +52,14 @@ class PodWatch:
 
     def __init__(
         self,
-        api: kubernetes.client.ApiClient,
+        api: KubeClient,
         namespaces: tuple[str, ...],
         cache: ObjectCache,
         on_change: Callable[[], None],
         *,
         watch_seconds: int = WATCH_SECONDS,
     ) -> None:
-        self.core = kubernetes.client.CoreV1Api(api)
+        self.api = api
         self.cache = cache
         self.on_change = on_change
         self.watch_seconds = watch_seconds
@@ -131,7 +130,7 @@ class PodWatch:
         while True:
             try:
                 page = self._page(scope.namespace, token)
-            except kubernetes.client.ApiException as error:
+            except ApiError as error:
                 if error.status == 410:  # the continue token expired mid-list: start over
                     bodies, token, listed_at = [], None, None
                     continue
@@ -153,13 +152,15 @@ class PodWatch:
         try:
             response = self._open(
                 scope.namespace,
-                watch=True,
-                resource_version=scope.version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self.watch_seconds,
-                _request_timeout=(CONNECT_SECONDS, self.watch_seconds + 30),
+                {
+                    "watch": True,
+                    "resourceVersion": scope.version,
+                    "allowWatchBookmarks": True,
+                    "timeoutSeconds": self.watch_seconds,
+                },
+                read_timeout=self.watch_seconds + 30,
             )
-        except kubernetes.client.ApiException as error:
+        except ApiError as error:
             if error.status == 410:
                 raise Gone() from error
             raise
@@ -184,14 +185,15 @@ class PodWatch:
         finally:
             self._release(response)
 
-    def _open(self, namespace: str | None, **options: Any) -> urllib3.BaseHTTPResponse:
+    def _open(
+        self, namespace: str | None, query: dict[str, str | int | bool | None], read_timeout: float = 30
+    ) -> urllib3.BaseHTTPResponse:
         """A list or watch request on worker pods only, kept open for ``interrupt``."""
-        options.setdefault("_request_timeout", (CONNECT_SECONDS, 30))
-        options.update(label_selector=WORKER_SELECTOR, _preload_content=False)
-        if namespace is None:
-            response: urllib3.BaseHTTPResponse = self.core.list_pod_for_all_namespaces(**options)
-        else:
-            response = self.core.list_namespaced_pod(namespace, **options)
+        response = self.api.open(
+            resource_path("v1", "pods", namespace),
+            query={**query, "labelSelector": WORKER_SELECTOR},
+            timeout=(CONNECT_SECONDS, read_timeout),
+        )
         with self._lock:
             self._responses.add(response)
         if self._stopping.is_set():  # stop() ran while this request was being made
@@ -200,7 +202,7 @@ class PodWatch:
         return response
 
     def _page(self, namespace: str | None, token: str | None) -> dict[str, Any]:
-        response = self._open(namespace, limit=PAGE_SIZE, _continue=token)
+        response = self._open(namespace, {"limit": PAGE_SIZE, "continue": token})
         try:
             page: dict[str, Any] = json.loads(response.data)
         finally:
@@ -210,11 +212,11 @@ class PodWatch:
     def _release(self, response: urllib3.BaseHTTPResponse) -> None:
         with self._lock:
             self._responses.discard(response)
-        response.release_conn()
+        release(response)
 
 
 def _events(response: urllib3.BaseHTTPResponse) -> Iterator[dict[str, Any]]:
-    for line in iter_resp_lines(response):
+    for line in lines(response):
         if line:
             event: dict[str, Any] = json.loads(line)
             yield event

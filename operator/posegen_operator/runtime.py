@@ -6,7 +6,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import kubernetes
 import redis
 from aiohttp import web
 from prometheus_client import start_http_server
@@ -17,6 +16,7 @@ from posegen_operator.act import PARALLEL_RESOURCES
 from posegen_operator.api import ApiContext, build_app, ssl_context
 from posegen_operator.controller import Controller
 from posegen_operator.expiry import HeartbeatExpiryWatcher
+from posegen_operator.kube import KubeClient, load_config
 from posegen_operator.leader import LeaderElector
 from posegen_operator.metrics import Metrics
 from posegen_operator.pod_watch import PodWatch
@@ -25,15 +25,12 @@ from posegen_operator.settings import Settings
 log = logging.getLogger("posegen.operator")
 
 
-def kubernetes_client() -> kubernetes.client.ApiClient:
-    """In a pod: its service account; elsewhere: $KUBECONFIG (the local stack gives one to each pod)."""
-    configuration = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
-    configuration.connection_pool_maxsize = PARALLEL_RESOURCES + 4  # the acting threads, the loop, the API
-    return kubernetes.client.ApiClient(configuration)
+def api_client(settings: Settings) -> KubeClient:
+    """One client for every thread: in a pod its service account, elsewhere $KUBECONFIG."""
+    # A connection kept for each thread that may be in a request at once: the acting threads, the
+    # loop, the lease, the Event sink, the API; and each pod watch, which holds its own open.
+    watches = len(settings.namespaces) or 1
+    return KubeClient(load_config(), connections=PARALLEL_RESOURCES + 4 + watches)
 
 
 @dataclass
@@ -41,7 +38,7 @@ class Runtime:
     settings: Settings
     engine: Engine
     redis: redis.Redis
-    api: kubernetes.client.ApiClient
+    api: KubeClient
     metrics: Metrics
     controller: Controller
     expiry: HeartbeatExpiryWatcher
@@ -56,7 +53,7 @@ class Runtime:
         redis_client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=3, socket_connect_timeout=3, health_check_interval=30
         )
-        api = kubernetes_client()
+        api = api_client(settings)
         metrics = Metrics()
         elector = LeaderElector(
             api,
@@ -68,9 +65,7 @@ class Runtime:
         controller = Controller(settings, api, engine, redis_client, metrics, elector)
         # A heartbeat that expires wakes the controller at once (the pass decides if it is a hang).
         expiry = HeartbeatExpiryWatcher(redis_client, controller.heartbeat_expired)
-        # Its own client: each open watch holds a connection, which the acting threads' pool is not
-        # sized for.
-        pods = PodWatch(kubernetes_client(), settings.namespaces, controller.cache, controller.notify)
+        pods = PodWatch(api, settings.namespaces, controller.cache, controller.notify)
         return cls(settings, engine, redis_client, api, metrics, controller, expiry, pods)
 
     async def start(self) -> None:
@@ -110,3 +105,4 @@ class Runtime:
         if self.runner is not None:
             await self.runner.cleanup()
         self.engine.dispose()
+        self.api.close()

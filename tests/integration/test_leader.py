@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def elector(cluster: Cluster, namespace: str, identity: str, lease_seconds: float = 15) -> LeaderElector:
     return LeaderElector(
-        cluster.api, name="posegen-test", namespace=namespace, identity=identity, lease_seconds=lease_seconds
+        cluster.operator_api, name="posegen-test", namespace=namespace, identity=identity, lease_seconds=lease_seconds
     )
 
 

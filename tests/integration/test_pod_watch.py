@@ -5,17 +5,18 @@ and an API server that is away for a while."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-import kubernetes
 import pytest
 
 from posegen_devstack.processes import wait_for
 from posegen_operator.builders import WORKER_SELECTOR
 from posegen_operator.cache import Body, ObjectCache
+from posegen_operator.kube import KubeClient
 from posegen_operator.pod_watch import PodWatch
 from tests.harness import Cluster, pod_manifest
 
@@ -66,7 +67,7 @@ def relabel(cluster: Cluster, namespace: str, name: str, labels: dict[str, str |
 @pytest.fixture
 def informer(cluster: Cluster, namespace: str) -> Iterator[tuple[PodWatch, RecordingCache]]:
     cache = RecordingCache()
-    watch = PodWatch(cluster.api, (namespace,), cache, lambda: None)
+    watch = PodWatch(cluster.operator_api, (namespace,), cache, lambda: None)
     watch.start()
     yield watch, cache
     watch.stop()
@@ -77,7 +78,7 @@ def test_only_worker_pods_are_delivered(cluster: Cluster, namespace: str) -> Non
     create_pod(cluster, namespace, "worker-before", WORKER)
     cache = RecordingCache()
     notified = threading.Event()
-    watch = PodWatch(cluster.api, (namespace,), cache, notified.set)
+    watch = PodWatch(cluster.operator_api, (namespace,), cache, notified.set)
     watch.start()
     try:
         wait_for(lambda: "worker-before" in cache.names(), timeout=20, what="the listed worker pod")
@@ -197,14 +198,12 @@ def history_expired(cluster: Cluster, namespace: str, version: str) -> bool:
 def test_the_watch_rides_out_an_api_server_outage_and_relists_when_history_expired(
     cluster: Cluster, namespace: str
 ) -> None:
-    host, port = cluster.api.configuration.host.removeprefix("https://").rsplit(":", 1)
+    config = cluster.operator_api.config
+    host, port = config.server.removeprefix("https://").rsplit(":", 1)
     outage = Outage((host, int(port)))
-    configuration = kubernetes.client.Configuration()
-    for key, value in vars(cluster.api.configuration).items():
-        setattr(configuration, key, value)
-    configuration.host = f"https://127.0.0.1:{outage.port}"
+    relayed = KubeClient(dataclasses.replace(config, server=f"https://127.0.0.1:{outage.port}"), connections=2)
     cache = RecordingCache()
-    watch = PodWatch(kubernetes.client.ApiClient(configuration), (namespace,), cache, lambda: None)
+    watch = PodWatch(relayed, (namespace,), cache, lambda: None)
     watch.start()
     try:
         create_pod(cluster, namespace, "worker-before", WORKER)

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import kubernetes
 import redis
 from sqlalchemy import Engine
 
@@ -41,6 +40,7 @@ from posegen_operator.actions import (
     StartWorker,
 )
 from posegen_operator.cache import ObjectCache
+from posegen_operator.kube import KubeClient
 from posegen_operator.metrics import Metrics
 from posegen_operator.settings import Settings
 
@@ -61,7 +61,7 @@ class Actor:
     def __init__(
         self,
         settings: Settings,
-        api: kubernetes.client.ApiClient,
+        api: KubeClient,
         engine: Engine,
         redis_client: redis.Redis,
         metrics: Metrics,

@@ -3,18 +3,16 @@ the worker and the row."""
 
 from __future__ import annotations
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
-
 from posegen_operator.actions import AddFinalizer, RemoveFinalizer
 from posegen_operator.builders import FINALIZER, GROUP, PLURAL, VERSION
+from posegen_operator.kube import MERGE_PATCH, ApiError, KubeClient, resource_path
 
 REQUEST_TIMEOUT = (5, 15)
 
 
 class FinalizerActions:
-    def __init__(self, api: kubernetes.client.ApiClient) -> None:
-        self.custom = kubernetes.client.CustomObjectsApi(api)
+    def __init__(self, api: KubeClient) -> None:
+        self.api = api
         # Each resource's observed (resourceVersion, finalizers), set for every plan.
         self.observed: dict[tuple[str, str], tuple[str, list[str]]] = {}
 
@@ -31,10 +29,14 @@ class FinalizerActions:
         # is never clobbered (409, and the next pass sees it).
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
         try:
-            self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, key[0], PLURAL, key[1], patch, _request_timeout=REQUEST_TIMEOUT
+            self.api.request(
+                "PATCH",
+                resource_path(f"{GROUP}/{VERSION}", PLURAL, key[0], key[1]),
+                body=patch,
+                content_type=MERGE_PATCH,
+                timeout=REQUEST_TIMEOUT,
             )
-        except ApiException as error:
+        except ApiError as error:
             if error.status in (404, 409):
                 return False
             raise

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
 from sqlalchemy import Engine
 
 from posegen_common import checkpoint
@@ -15,6 +12,7 @@ from posegen_operator.act.queue_view import QueueView
 from posegen_operator.actions import CreatePod, DeletePod, StartWorker
 from posegen_operator.builders import build_worker_pod
 from posegen_operator.cache import ObjectCache
+from posegen_operator.kube import ApiError, KubeClient, resource_path
 from posegen_operator.model import worker_pod_name
 from posegen_operator.settings import Settings
 
@@ -26,7 +24,7 @@ class PodActions:
     def __init__(
         self,
         settings: Settings,
-        api: kubernetes.client.ApiClient,
+        api: KubeClient,
         engine: Engine,
         cache: ObjectCache,
         queue_view: QueueView,
@@ -34,7 +32,7 @@ class PodActions:
     ) -> None:
         self.settings = settings
         self.credentials = credentials
-        self.core = kubernetes.client.CoreV1Api(api)
+        self.api = api
         self.engine = engine
         self.cache = cache
         self.queue_view = queue_view
@@ -86,15 +84,15 @@ class PodActions:
             namespace, name, action.uid, action.generation_id, action.attempt, self.settings, credentials=credentials
         )
         try:
-            response = self.core.create_namespaced_pod(
-                namespace, pod, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
+            path = resource_path("v1", "pods", namespace)
+            created = self.api.request("POST", path, body=pod, timeout=REQUEST_TIMEOUT)
             # Seen at once by the next pass: the watch may deliver it later, and a pass that saw a
             # new attempt without its pod would take the worker for gone.
-            self.cache.upsert("pods", json.loads(response.data))
-        except ApiException as error:
+            self.cache.upsert("pods", created)
+        except ApiError as error:
             if error.status != 409 or not self._ours(namespace, pod["metadata"]["name"], action.uid):
-                self._refused(action, f"{error.status} {error.reason}: {_api_message(error)}")
+                # The API server's own message (a quota, an admission policy, a webhook), else its reason.
+                self._refused(action, f"{error.status} {error.reason}: {error.message or error.reason}")
                 raise
         except Exception as error:  # the API server unreachable: the create may or may not have happened
             self._refused(action, f"{type(error).__name__}: {error}")
@@ -107,9 +105,9 @@ class PodActions:
         """A 409: the pod exists. It is this attempt's only if its controller is this very
         generation (a generation deleted and applied again under its name has a new uid, and its
         predecessor's pods wait for garbage collection under the same names)."""
-        existing = self.core.read_namespaced_pod(pod_name, namespace, _request_timeout=REQUEST_TIMEOUT)
-        owners = existing.metadata.owner_references or []
-        return any(owner.controller and owner.uid == owner_uid for owner in owners)
+        existing = self.api.request("GET", resource_path("v1", "pods", namespace, pod_name), timeout=REQUEST_TIMEOUT)
+        owners = existing["metadata"].get("ownerReferences") or []
+        return any(owner.get("controller") and owner["uid"] == owner_uid for owner in owners)
 
     def _refused(self, action: CreatePod, message: str) -> None:
         with self.engine.begin() as conn:
@@ -117,19 +115,14 @@ class PodActions:
 
     def delete(self, action: DeletePod) -> bool:
         try:
-            self.core.delete_namespaced_pod(
-                action.pod, action.key[0], grace_period_seconds=action.grace_seconds, _request_timeout=REQUEST_TIMEOUT
+            self.api.request(
+                "DELETE",
+                resource_path("v1", "pods", action.key[0], action.pod),
+                query={"gracePeriodSeconds": action.grace_seconds},
+                timeout=REQUEST_TIMEOUT,
             )
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 404:
                 return False
             raise
         return True
-
-
-def _api_message(error: ApiException) -> str:
-    """The API server's own message (a quota, an admission policy, a webhook), else its reason."""
-    try:
-        return str(json.loads(error.body or "{}").get("message") or error.reason)
-    except ValueError:
-        return str(error.reason)

@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import datetime as dt
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
-
 from posegen_operator.actions import PatchStatus, PostEvent
 from posegen_operator.builders import GROUP, PLURAL, VERSION, build_event
+from posegen_operator.kube import MERGE_PATCH, ApiError, KubeClient, resource_path
 
 REQUEST_TIMEOUT = (5, 15)
 
 
 class StatusActions:
-    def __init__(self, api: kubernetes.client.ApiClient, identity: str) -> None:
-        self.core = kubernetes.client.CoreV1Api(api)
-        self.custom = kubernetes.client.CustomObjectsApi(api)
+    def __init__(self, api: KubeClient, identity: str) -> None:
+        self.api = api
         self.identity = identity
 
     def patch(self, action: PatchStatus) -> bool:
+        namespace, name = action.key
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                action.key[0],
-                PLURAL,
-                action.key[1],
-                {"status": action.patch},
-                _request_timeout=REQUEST_TIMEOUT,
+            self.api.request(
+                "PATCH",
+                resource_path(f"{GROUP}/{VERSION}", PLURAL, namespace, name, "status"),
+                body={"status": action.patch},
+                content_type=MERGE_PATCH,
+                timeout=REQUEST_TIMEOUT,
             )
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 404:
                 return False
             raise
@@ -48,8 +44,8 @@ class StatusActions:
             now=dt.datetime.now(dt.UTC),
         )
         try:
-            self.core.create_namespaced_event(action.key[0], event, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
+            self.api.request("POST", resource_path("v1", "events", action.key[0]), body=event, timeout=REQUEST_TIMEOUT)
+        except ApiError as error:
             if error.status in (403, 404):  # the namespace is gone or being deleted: nobody to tell
                 return False
             raise
