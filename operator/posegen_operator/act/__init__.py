@@ -69,11 +69,11 @@ class Actor:
     ) -> None:
         self.metrics = metrics
         self.queue_view = QueueView(redis_client)
-        self.finalizers = FinalizerActions(api)
+        self.finalizers = FinalizerActions(api, cache)
         credentials = CredentialActions(settings, engine, redis_client)
         pods = PodActions(settings, api, engine, cache, self.queue_view, credentials)
         rows = RowActions(engine)
-        status = StatusActions(api, settings.identity)
+        status = StatusActions(api, settings.identity, cache)
         self.events = EventSink(status.post_event, metrics)
         self._may_act: Callable[[], bool] = lambda: True
         self._pool = ThreadPoolExecutor(max_workers=PARALLEL_RESOURCES, thread_name_prefix="posegen-act")

@@ -1,18 +1,21 @@
-"""Our finalizer on PoseGenerations: added at first sight, removed once a deletion has cancelled
-the worker and the row."""
+"""Our finalizer on PoseGenerations: added when a generation's first worker is admitted, removed
+once a deletion has cancelled the worker and the row. The reply goes into the cache at once, so the
+next pass writes from the version it made (see act/status.py)."""
 
 from __future__ import annotations
 
 from posegen_operator.actions import AddFinalizer, RemoveFinalizer
 from posegen_operator.builders import FINALIZER, GROUP, PLURAL, VERSION
+from posegen_operator.cache import ObjectCache
 from posegen_operator.kube import MERGE_PATCH, ApiError, KubeClient, resource_path
 
 REQUEST_TIMEOUT = (5, 15)
 
 
 class FinalizerActions:
-    def __init__(self, api: KubeClient) -> None:
+    def __init__(self, api: KubeClient, cache: ObjectCache) -> None:
         self.api = api
+        self.cache = cache
         # Each resource's observed (resourceVersion, finalizers), set for every plan.
         self.observed: dict[tuple[str, str], tuple[str, list[str]]] = {}
 
@@ -29,7 +32,7 @@ class FinalizerActions:
         # is never clobbered (409, and the next pass sees it).
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
         try:
-            self.api.request(
+            updated = self.api.request(
                 "PATCH",
                 resource_path(f"{GROUP}/{VERSION}", PLURAL, key[0], key[1]),
                 body=patch,
@@ -40,4 +43,5 @@ class FinalizerActions:
             if error.status in (404, 409):
                 return False
             raise
+        self.cache.upsert("generations", updated)
         return True

@@ -1,4 +1,8 @@
-"""What users see: the status subresource of a PoseGeneration and its Events."""
+"""What users see: the status subresource of a PoseGeneration and its Events.
+
+A patched status goes into the cache at once (the API server's reply is the object as it now is):
+the next pass must not decide again from the version before it, as it would while the watch is
+behind in a burst (a second phase Event for the same transition)."""
 
 from __future__ import annotations
 
@@ -6,20 +10,22 @@ import datetime as dt
 
 from posegen_operator.actions import PatchStatus, PostEvent
 from posegen_operator.builders import GROUP, PLURAL, VERSION, build_event
+from posegen_operator.cache import ObjectCache
 from posegen_operator.kube import MERGE_PATCH, ApiError, KubeClient, resource_path
 
 REQUEST_TIMEOUT = (5, 15)
 
 
 class StatusActions:
-    def __init__(self, api: KubeClient, identity: str) -> None:
+    def __init__(self, api: KubeClient, identity: str, cache: ObjectCache) -> None:
         self.api = api
         self.identity = identity
+        self.cache = cache
 
     def patch(self, action: PatchStatus) -> bool:
         namespace, name = action.key
         try:
-            self.api.request(
+            updated = self.api.request(
                 "PATCH",
                 resource_path(f"{GROUP}/{VERSION}", PLURAL, namespace, name, "status"),
                 body={"status": action.patch},
@@ -30,6 +36,7 @@ class StatusActions:
             if error.status == 404:
                 return False
             raise
+        self.cache.upsert("generations", updated)
         return True
 
     def post_event(self, action: PostEvent) -> bool:
