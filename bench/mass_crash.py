@@ -13,8 +13,9 @@ printed with the ledger.
 
 Then every generation runs to completion and the ledger is audited: each (generation, pose_index)
 recorded exactly once, 0 lost, 0 duplicated, and the seed's duplicate query returns nothing.
-Target: all resumed within 60 s at 100. Each worker is a Python process (~40 MB); starting 100 of
-them on 2 cores takes a while, and that start-up is printed too.
+Target: all resumed within 30 s at 100 (issue 11; 60 s with the operator SIGKILLed as well). Each
+worker is a Python process (~45 MB); starting 100 of them on 2 cores takes a while, and that
+start-up is printed too.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     report.figures = {"scenarios": results}
     largest = max(results, key=lambda r: r["workers"])
-    report.target(f"all resumed at {largest['workers']} (target set at 100)", largest["all_resumed_seconds"], 60, "s")
+    report.target(f"all resumed at {largest['workers']} (target set at 100)", largest["all_resumed_seconds"], 30, "s")
     restarted = [r for r in results if r["operator_restart"]]
     if restarted:
         report.target(

@@ -166,6 +166,7 @@ def test_each_call_sends_its_body_content_type_query_and_token(tmp_path: Path, p
     assert patch.headers["Content-Type"] == "application/merge-patch+json"
     assert json.loads(patch.body) == {"status": {"phase": "Queued"}}
     assert patch.headers["Authorization"] == "Bearer the-token"
+    assert patch.headers["User-Agent"] == "posegen-operator"
     assert (listing.method, listing.body) == ("GET", b"")
     assert "Content-Type" not in listing.headers
 

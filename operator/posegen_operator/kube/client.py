@@ -22,6 +22,7 @@ Timeout = tuple[float, float]  # (connect, read) seconds
 Query = Mapping[str, str | int | bool | None]
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"  # what kubectl and the kubernetes client send for custom objects
+USER_AGENT = "posegen-operator"  # how the API server's audit log and metrics name us
 
 
 class ApiError(Exception):
@@ -114,7 +115,7 @@ class KubeClient:
         url = self.config.server + path
         if query:
             url += "?" + urlencode({key: _query_value(value) for key, value in query.items() if value is not None})
-        headers = {"Accept": JSON}
+        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
         token = self.config.bearer_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
