@@ -140,7 +140,9 @@ class ObjectCache:
     def replace(self, kind: str, bodies: Iterable[Body], listed_at: int, namespace: str | None = None) -> None:
         """Merge a list taken at resourceVersion ``listed_at``: the list wins over older cached
         versions and drops what it no longer holds, unless the watch has seen it since. A list of
-        one ``namespace`` leaves the other namespaces' objects, and every tombstone, alone."""
+        one ``namespace`` leaves the other namespaces' objects, and every tombstone, alone.
+        ``bodies`` come slimmed (``slim``, as each page arrives): nothing heavy runs under the lock,
+        which the event handler on kopf's loop takes too."""
         with self._lock:
             cached, deleted = self._objects[kind], self._deleted[kind]
             merged: dict[str, Body] = {}
@@ -152,7 +154,7 @@ class ObjectCache:
                     continue  # deleted after the list was taken
                 current = cached.get(uid)
                 newer = current is not None and _resource_version(current) > _resource_version(body)
-                merged[uid] = current if current is not None and newer else slim(kind, body)
+                merged[uid] = current if current is not None and newer else body
             for uid, current in cached.items():
                 if uid not in merged and _resource_version(current) > listed_at:
                     merged[uid] = current  # created after the list was taken

@@ -21,7 +21,7 @@ from typing import Any
 import urllib3
 
 from posegen_operator.builders import WORKER_SELECTOR
-from posegen_operator.cache import Body, ObjectCache
+from posegen_operator.cache import Body, ObjectCache, slim
 from posegen_operator.kube import ApiError, KubeClient, lines, release, resource_path
 
 log = logging.getLogger("posegen.operator")
@@ -136,7 +136,7 @@ class PodWatch:
                     continue
                 raise
             listed_at = listed_at or page["metadata"]["resourceVersion"]  # later pages share its snapshot
-            bodies += page["items"]
+            bodies += [slim("pods", body) for body in page["items"]]
             token = page["metadata"].get("continue")
             if not token:
                 break
