@@ -172,6 +172,25 @@ def wait_for_phase(cluster: Cluster, namespace: str, name: str, phase: str, time
     )
 
 
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The status's condition of type ``kind`` ({} while it has none)."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
+
+
+def wait_for_degraded(
+    cluster: Cluster, namespace: str, name: str, *reasons: str, timeout: float = 60
+) -> dict[str, Any]:
+    """The status once its Degraded condition gives one of ``reasons``."""
+    return wait_for_status(
+        cluster,
+        namespace,
+        name,
+        lambda s: condition(s, "Degraded").get("reason") in reasons,
+        timeout=timeout,
+        what=f"Degraded with {' or '.join(reasons)}",
+    )
+
+
 def patch_spec(cluster: Cluster, namespace: str, name: str, **spec: Any) -> None:
     cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
 

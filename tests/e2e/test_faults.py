@@ -19,8 +19,10 @@ from posegen_devstack.processes import wait_for
 from tests.harness import (
     Cluster,
     assert_exactly_once,
+    condition,
     create_generation,
     pod_manifest,
+    wait_for_degraded,
     wait_for_phase,
     wait_for_status,
 )
@@ -31,12 +33,6 @@ pytestmark = pytest.mark.e2e
 def events_of(cluster: Cluster, namespace: str, name: str) -> list[tuple[str, str]]:
     listed = cluster.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
     return [(event.reason, event.message) for event in listed.items]
-
-
-def condition(status: dict[str, object], kind: str) -> dict[str, str]:
-    conditions = status.get("conditions") or []
-    assert isinstance(conditions, list)
-    return next(c for c in conditions if c["type"] == kind)
 
 
 @pytest.mark.usefixtures("slow_poses")
@@ -82,14 +78,7 @@ def test_a_quota_refusing_the_replacement_spends_no_recovery(cluster: Cluster, n
     quota = {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
     cluster.core.create_namespaced_resource_quota(namespace, quota)
     os.kill(cluster.pod_pid(namespace, status["workerPod"]), signal.SIGKILL)
-    refused = wait_for_status(
-        cluster,
-        namespace,
-        "quota",
-        lambda s: condition(s, "Degraded").get("reason") == "PodCreateRefused",
-        timeout=60,
-        what="the refusal in a condition",
-    )
+    refused = wait_for_degraded(cluster, namespace, "quota", "PodCreateRefused")
     assert "quota" in condition(refused, "Degraded")["message"]
     time.sleep(6)  # several refused creates under backoff
     assert wait_for_status(cluster, namespace, "quota", lambda s: s.get("recoveries") == 1, what="one recovery")
@@ -114,14 +103,7 @@ def test_a_pod_squatting_the_workers_name_is_never_adopted(cluster: Cluster, nam
     cluster.core.create_namespaced_pod(namespace, pod_manifest("squat-w1", ["sleep", "600"], owner=controller))
 
     create_generation(cluster, namespace, "squat", variationCount=10)
-    refused = wait_for_status(
-        cluster,
-        namespace,
-        "squat",
-        lambda s: condition(s, "Degraded").get("reason") == "PodCreateRefused",
-        timeout=60,
-        what="the name clash named",
-    )
+    refused = wait_for_degraded(cluster, namespace, "squat", "PodCreateRefused")
     assert "already exists" in condition(refused, "Degraded")["message"].lower()
 
     cluster.core.delete_namespaced_pod("squat-w1", namespace, grace_period_seconds=0)
@@ -166,14 +148,7 @@ def test_a_postgres_outage_is_shown_and_costs_no_generation_anything(cluster: Cl
     outage.start()
     try:
         for name in names:
-            degraded = wait_for_status(
-                cluster,
-                namespace,
-                name,
-                lambda s: condition(s, "Degraded").get("reason") == "DatabaseUnavailable",
-                timeout=30,
-                what="the outage shown on the generation",
-            )
+            degraded = wait_for_degraded(cluster, namespace, name, "DatabaseUnavailable", timeout=30)
             assert condition(degraded, "Degraded")["status"] == "True"
     finally:
         outage.join()

@@ -23,17 +23,15 @@ from posegen_devstack.stack import Stack
 from tests.harness import (
     Cluster,
     assert_exactly_once,
+    condition,
     create_generation,
     sql,
+    wait_for_degraded,
     wait_for_phase,
     wait_for_status,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_node]
-
-
-def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
 
 
 def events_of(cluster: Cluster, namespace: str, name: str) -> str:
@@ -104,14 +102,7 @@ def test_a_wrong_image_tag_is_named_at_once_not_after_the_deadline(
     worker_image = real_cluster.stack.operator_env["POSEGEN_WORKER_IMAGE"]
     operator_with(POSEGEN_WORKER_IMAGE=worker_image.rsplit(":", 1)[0] + ":no-such-tag")
     create_generation(real_cluster, real_namespace, "badimage", variationCount=5)
-    status = wait_for_status(
-        real_cluster,
-        real_namespace,
-        "badimage",
-        lambda s: condition(s, "Degraded").get("reason") in ("ErrImagePull", "ImagePullBackOff"),
-        timeout=60,
-        what="Degraded with the image pull error",
-    )
+    status = wait_for_degraded(real_cluster, real_namespace, "badimage", "ErrImagePull", "ImagePullBackOff")
     assert "no-such-tag" in condition(status, "Degraded")["message"]
 
 
@@ -123,14 +114,7 @@ def test_a_missing_worker_secret_is_named_at_once(
     # (with them, that Secret holds only the optional FLUX key, and its absence stops nothing).
     operator_with(POSEGEN_WORKER_CREDENTIAL_KEY="")
     create_generation(real_cluster, real_namespace, "nosecret", variationCount=5)
-    status = wait_for_status(
-        real_cluster,
-        real_namespace,
-        "nosecret",
-        lambda s: condition(s, "Degraded").get("reason") == "CreateContainerConfigError",
-        timeout=60,
-        what="Degraded with CreateContainerConfigError",
-    )
+    status = wait_for_degraded(real_cluster, real_namespace, "nosecret", "CreateContainerConfigError")
     assert "posegen-worker" in condition(status, "Degraded")["message"]
 
 
